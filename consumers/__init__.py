@@ -1,0 +1,1 @@
+"""Side-effecting sinks: email, SMS, the outbox, follow-up tasks; each idempotent."""

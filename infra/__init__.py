@@ -1,0 +1,1 @@
+"""Wiring: settings, logging, database, broker, topic provisioning and the CLI."""

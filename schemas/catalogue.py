@@ -1,0 +1,61 @@
+"""The topic catalogue: every topic the pipeline uses, created up front from this list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.events import (
+    DeadLetter,
+    EngagementScored,
+    Event,
+    EventAttended,
+    EventRSVP,
+    NudgeRequested,
+    PetitionSigned,
+    SupporterSignup,
+    TaskCreated,
+)
+
+FOREVER = -1
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    model: type[Event]
+    description: str
+    retention_ms: int = FOREVER
+    compacted: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.model.key_field
+
+    def configs(self) -> dict[str, str]:
+        return {
+            "cleanup.policy": "compact" if self.compacted else "delete",
+            "retention.ms": str(self.retention_ms),
+        }
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("supporter.signup", SupporterSignup, "A person joined; carries consent."),
+    TopicSpec("petition.signed", PetitionSigned, "A person signed a petition."),
+    TopicSpec("event.rsvp", EventRSVP, "A person said they will come to a meeting."),
+    TopicSpec("event.attended", EventAttended, "A person came to a meeting."),
+    TopicSpec("engagement.scored", EngagementScored, "Score and rung after each event."),
+    TopicSpec("nudge.requested", NudgeRequested, "A message a rule wants sent.", 30 * DAY_MS),
+    TopicSpec("task.created", TaskCreated, "An organiser follow-up task.", 30 * DAY_MS),
+    TopicSpec("deadletter", DeadLetter, "Events that could not be processed.", 90 * DAY_MS),
+)
+INPUT_TOPICS: tuple[str, ...] = tuple(
+    t.name for t in TOPICS if t.model in (SupporterSignup, PetitionSigned, EventRSVP, EventAttended)
+)
+
+
+def topic_spec(name: str) -> TopicSpec:
+    for spec in TOPICS:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)

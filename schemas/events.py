@@ -1,0 +1,202 @@
+"""Versioned event models, one per event type; each knows its topic and its key."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.identity import normalise_email, normalise_phone
+
+SupporterId = Annotated[str, Field(pattern=r"^sup_[0-9a-f]{32}$")]
+ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+_POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?) ?([0-9][A-Z]{2})$")
+_NAMESPACE = uuid.UUID("1f0e6d4c-5b2a-4c3e-9d8f-7a6b5c4d3e2f")
+
+
+def derived_event_id(cause_event_id: uuid.UUID, what: str) -> uuid.UUID:
+    """Deterministic id of an event derived from another, so a replay repeats it exactly."""
+    return uuid.uuid5(_NAMESPACE, f"{cause_event_id}:{what}")
+
+
+class Event(BaseModel):
+    """Fields every event has. ``topic`` and ``key_field`` are class-level facts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    topic: ClassVar[str]
+    version: ClassVar[int] = 1
+    key_field: ClassVar[str] = "supporter_id"
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_time: AwareDatetime = Field(description="When it happened (event time, not arrival).")
+
+    def key(self) -> str:
+        return str(getattr(self, self.key_field))
+
+
+class ContactFields(Event):
+    """Who did it, as given by the outside world. Normalised on validation."""
+
+    email: str | None = Field(default=None, max_length=254)
+    phone: str | None = Field(default=None, max_length=32)
+    first_name: str | None = Field(default=None, max_length=100)
+    last_name: str | None = Field(default=None, max_length=100)
+    postcode: str | None = Field(default=None, max_length=10)
+    area: str | None = Field(default=None, max_length=100, description="Local group or area.")
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        return normalise_email(value) if value else None
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        return normalise_phone(value) if value else None
+
+    @field_validator("postcode")
+    @classmethod
+    def _postcode(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        match = _POSTCODE.match(value.upper().strip())
+        if not match:
+            raise ValueError("not a UK postcode")
+        return f"{match.group(1)} {match.group(2)}"
+
+    @model_validator(mode="after")
+    def _identified(self) -> ContactFields:
+        if not self.email and not self.phone:
+            raise ValueError("an email or a phone is required to identify the supporter")
+        return self
+
+
+class SignupFields(ContactFields):
+    type: Literal["supporter.signup"] = "supporter.signup"
+    source: str | None = Field(default=None, max_length=100)
+    consent_email: bool = Field(default=False, description="Agreed to campaign email.")
+    consent_sms: bool = Field(default=False, description="Agreed to campaign SMS.")
+    consent_wording: str | None = Field(
+        default=None, max_length=100, description="Version of the consent wording shown."
+    )
+
+
+class PetitionFields(ContactFields):
+    type: Literal["petition.signed"] = "petition.signed"
+    petition_id: ShortText
+    petition_title: str | None = Field(default=None, max_length=300)
+
+
+class MeetingFields(ContactFields):
+    meeting_id: ShortText
+    meeting_title: str | None = Field(default=None, max_length=300)
+    meeting_starts_at: AwareDatetime | None = None
+
+
+class RSVPFields(MeetingFields):
+    type: Literal["event.rsvp"] = "event.rsvp"
+
+
+class AttendedFields(MeetingFields):
+    type: Literal["event.attended"] = "event.attended"
+
+
+class SupporterSignup(SignupFields):
+    topic = "supporter.signup"
+    supporter_id: SupporterId
+
+
+class PetitionSigned(PetitionFields):
+    topic = "petition.signed"
+    supporter_id: SupporterId
+
+
+class EventRSVP(RSVPFields):
+    topic = "event.rsvp"
+    supporter_id: SupporterId
+
+
+class EventAttended(AttendedFields):
+    topic = "event.attended"
+    supporter_id: SupporterId
+
+
+InputEvent = SupporterSignup | PetitionSigned | EventRSVP | EventAttended
+IngestFields = Annotated[
+    SignupFields | PetitionFields | RSVPFields | AttendedFields, Field(discriminator="type")
+]
+
+
+class EngagementScored(Event):
+    """A supporter's score and ladder rung after an event, in event time."""
+
+    topic = "engagement.scored"
+    type: Literal["engagement.scored"] = "engagement.scored"
+    supporter_id: SupporterId
+    score: float = Field(description="Decayed weighted sum of actions at event_time.")
+    rung: str
+    previous_rung: str | None = None
+    cause_event_id: uuid.UUID
+    half_life_days: float
+
+
+class NudgeRequested(Event):
+    """A message a rule wants sent; ``nudge_id`` is its idempotency key."""
+
+    topic = "nudge.requested"
+    type: Literal["nudge.requested"] = "nudge.requested"
+    nudge_id: ShortText
+    supporter_id: SupporterId
+    channel: Literal["email", "sms"]
+    template: ShortText
+    rule: ShortText
+    cause_event_id: uuid.UUID
+    context: dict[str, str] = Field(default_factory=dict)
+
+
+class TaskCreated(Event):
+    """An organiser follow-up: who, why, by when; ``task_id`` is its idempotency key."""
+
+    topic = "task.created"
+    type: Literal["task.created"] = "task.created"
+    task_id: ShortText
+    supporter_id: SupporterId
+    kind: ShortText
+    reason: str = Field(max_length=500)
+    due_at: AwareDatetime
+    area: str | None = None
+    rule: ShortText
+    cause_event_id: uuid.UUID
+
+
+class DeadLetter(Event):
+    """An event that could not be processed, with where it came from and why."""
+
+    topic = "deadletter"
+    key_field = "source_topic"
+    type: Literal["deadletter"] = "deadletter"
+    source_topic: str
+    partition: int
+    offset: int
+    source_key: str | None = None
+    error: str
+    payload: str = Field(description="The raw value as received (UTF-8, replaced if invalid).")
+    consumer: str
+
+
+INPUT_EVENT_TYPES: dict[str, type[Event]] = {
+    m.topic: m for m in (SupporterSignup, PetitionSigned, EventRSVP, EventAttended)
+}
+EVENT_TYPES: dict[str, type[Event]] = {
+    **INPUT_EVENT_TYPES,
+    **{m.topic: m for m in (EngagementScored, NudgeRequested, TaskCreated, DeadLetter)},
+}
+
+
+def event_model(event_type: str) -> type[Event]:
+    try:
+        return EVENT_TYPES[event_type]
+    except KeyError:
+        raise ValueError(f"unknown event type {event_type!r}") from None

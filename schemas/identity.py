@@ -1,0 +1,45 @@
+"""Supporter identity: normalised email or E.164 phone, turned into a keyed pseudonymous id."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+
+def normalise_email(raw: str) -> str:
+    """Lower-cased, syntax-checked email (no DNS lookup). Raises ValueError with a reason."""
+    try:
+        result = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+    return result.normalized.lower()
+
+
+def normalise_phone(raw: str, region: str = "GB") -> str:
+    """E.164 form of a phone number (UK by default). Raises ValueError with a reason."""
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"not a phone number: {exc}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError("not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def supporter_id(key: str, email: str | None, phone: str | None) -> str:
+    """Stable pseudonymous id: HMAC-SHA256 of the normalised email, else of the E.164 phone.
+
+    The inputs must already be normalised. The key is a secret, so the id cannot be
+    reversed by hashing a list of known addresses.
+    """
+    if email:
+        material = f"email:{email}"
+    elif phone:
+        material = f"phone:{phone}"
+    else:
+        raise ValueError("an email or a phone is needed to identify a supporter")
+    digest = hmac.new(key.encode(), material.encode(), hashlib.sha256).hexdigest()
+    return f"sup_{digest[:32]}"
