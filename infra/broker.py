@@ -61,8 +61,9 @@ class EmbeddedBroker:
                     f"the embedded broker exited with code {self.process.returncode} "
                     f"on port {self.port}" + (f"; see {self.log_path}" if self.log_path else "")
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
             ):
                 return self
             time.sleep(0.05)

@@ -184,3 +184,23 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def insert_ignoring_duplicates(session: Any, model: type[Base], rows: list[dict[str, Any]]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL; returns rows inserted."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement: Any = pg_insert(model).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(model).on_conflict_do_nothing()
+    else:
+        raise NotImplementedError(f"no idempotent insert for {dialect}")
+    primary_key = list(model.__table__.primary_key.columns)
+    inserted = session.execute(statement.returning(*primary_key), rows).all()
+    return len(inserted)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -36,41 +36,50 @@ class Event(BaseModel):
         return str(getattr(self, self.key_field))
 
 
-class ContactFields(Event):
-    """Who did it, as given by the outside world. Normalised on validation."""
+Email = Annotated[str, Field(max_length=254, pattern=r"^[^@\sA-Z]+@[^@\sA-Z]+$")]
+Phone = Annotated[str, Field(max_length=16, pattern=r"^\+[1-9][0-9]{6,14}$")]
+Postcode = Annotated[str, Field(max_length=8, pattern=r"^[A-Z]{1,2}[0-9][A-Z0-9]? [0-9][A-Z]{2}$")]
 
-    email: str | None = Field(default=None, max_length=254)
-    phone: str | None = Field(default=None, max_length=32)
+
+class ContactFields(Event):
+    """Who did it: normalised email (lower case), E.164 phone, UK postcode, names, area."""
+
+    email: Email | None = None
+    phone: Phone | None = None
     first_name: str | None = Field(default=None, max_length=100)
     last_name: str | None = Field(default=None, max_length=100)
-    postcode: str | None = Field(default=None, max_length=10)
+    postcode: Postcode | None = None
     area: str | None = Field(default=None, max_length=100, description="Local group or area.")
-
-    @field_validator("email")
-    @classmethod
-    def _email(cls, value: str | None) -> str | None:
-        return normalise_email(value) if value else None
-
-    @field_validator("phone")
-    @classmethod
-    def _phone(cls, value: str | None) -> str | None:
-        return normalise_phone(value) if value else None
-
-    @field_validator("postcode")
-    @classmethod
-    def _postcode(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        match = _POSTCODE.match(value.upper().strip())
-        if not match:
-            raise ValueError("not a UK postcode")
-        return f"{match.group(1)} {match.group(2)}"
 
     @model_validator(mode="after")
     def _identified(self) -> ContactFields:
         if not self.email and not self.phone:
             raise ValueError("an email or a phone is required to identify the supporter")
         return self
+
+
+class Normalising(BaseModel):
+    """Mixed into the ingest models: turns what people type into the normalised topic form."""
+
+    @field_validator("email", mode="before", check_fields=False)
+    @classmethod
+    def _email(cls, value: object) -> object:
+        return normalise_email(value) if isinstance(value, str) and value.strip() else None
+
+    @field_validator("phone", mode="before", check_fields=False)
+    @classmethod
+    def _phone(cls, value: object) -> object:
+        return normalise_phone(value) if isinstance(value, str) and value.strip() else None
+
+    @field_validator("postcode", mode="before", check_fields=False)
+    @classmethod
+    def _postcode(cls, value: object) -> object:
+        if not isinstance(value, str) or not value.strip():
+            return None
+        match = _POSTCODE.match(value.upper().strip())
+        if not match:
+            raise ValueError("not a UK postcode")
+        return f"{match.group(1)} {match.group(2)}"
 
 
 class SignupFields(ContactFields):
@@ -123,10 +132,30 @@ class EventAttended(AttendedFields):
     supporter_id: SupporterId
 
 
+class SignupIn(Normalising, SignupFields):
+    """A signup as posted to the ingest API, before the supporter id is derived."""
+
+
+class PetitionIn(Normalising, PetitionFields):
+    """A petition signature as posted to the ingest API."""
+
+
+class RSVPIn(Normalising, RSVPFields):
+    """An RSVP as posted to the ingest API."""
+
+
+class AttendedIn(Normalising, AttendedFields):
+    """An attendance as posted to the ingest API or read from a sign-in sheet."""
+
+
 InputEvent = SupporterSignup | PetitionSigned | EventRSVP | EventAttended
-IngestFields = Annotated[
-    SignupFields | PetitionFields | RSVPFields | AttendedFields, Field(discriminator="type")
-]
+IngestEvent = Annotated[SignupIn | PetitionIn | RSVPIn | AttendedIn, Field(discriminator="type")]
+INGEST_TO_TOPIC: dict[type[Event], type[Event]] = {
+    SignupIn: SupporterSignup,
+    PetitionIn: PetitionSigned,
+    RSVPIn: EventRSVP,
+    AttendedIn: EventAttended,
+}
 
 
 class EngagementScored(Event):

@@ -1,0 +1,34 @@
+# The pipeline image: one `engage` console script; each compose service runs one subcommand.
+# Builds with the classic builder too (no BuildKit-only syntax), so docker-compose 1.29 can build it.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    ENGAGE_HOME=/var/lib/engage
+
+RUN useradd --system --create-home --uid 10001 --user-group engage \
+    && mkdir -p "$ENGAGE_HOME" \
+    && chown engage:engage "$ENGAGE_HOME"
+
+WORKDIR /src
+
+# Dependencies first, read from pyproject.toml, so a code change does not reinstall them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Then the project itself (a regular, non-editable install; the source tree is not kept).
+COPY . .
+RUN pip install . \
+    && cd / \
+    && rm -rf /src
+
+USER engage
+WORKDIR /home/engage
+
+ENTRYPOINT ["engage"]
+CMD ["--help"]

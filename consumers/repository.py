@@ -1,0 +1,169 @@
+"""Nudge, task, consent and contact rows: the consumers' reads and idempotent writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import desc, select, update
+from sqlalchemy.orm import Session
+
+from infra.db import (
+    ConsentRecord,
+    FollowUpTask,
+    Nudge,
+    OutboxMessage,
+    Supporter,
+    insert_ignoring_duplicates,
+)
+from schemas.events import NudgeRequested, TaskCreated
+
+
+def store_nudges(session: Session, nudges: Sequence[NudgeRequested]) -> int:
+    """Record requested nudges as pending; a known idempotency key is ignored."""
+    return insert_ignoring_duplicates(
+        session,
+        Nudge,
+        [
+            {
+                "nudge_id": n.nudge_id,
+                "supporter_id": n.supporter_id,
+                "channel": n.channel,
+                "template": n.template,
+                "rule": n.rule,
+                "cause_event_id": n.cause_event_id,
+                "context": dict(n.context),
+                "status": "pending",
+                "requested_at": n.event_time,
+            }
+            for n in nudges
+        ],
+    )
+
+
+def store_tasks(session: Session, tasks: Sequence[TaskCreated]) -> int:
+    """Record follow-up tasks as open; a known task id is ignored."""
+    return insert_ignoring_duplicates(
+        session,
+        FollowUpTask,
+        [
+            {
+                "task_id": t.task_id,
+                "supporter_id": t.supporter_id,
+                "kind": t.kind,
+                "reason": t.reason,
+                "due_at": t.due_at,
+                "area": t.area,
+                "rule": t.rule,
+                "cause_event_id": t.cause_event_id,
+                "status": "open",
+            }
+            for t in tasks
+        ],
+    )
+
+
+def pending_nudge_ids(session: Session, limit: int) -> list[str]:
+    return list(
+        session.scalars(
+            select(Nudge.nudge_id)
+            .where(Nudge.status == "pending")
+            .order_by(Nudge.created_at)
+            .limit(limit)
+        )
+    )
+
+
+def claim_nudge(session: Session, nudge_id: str) -> Nudge | None:
+    """Move a nudge from pending to sending; None when another sender got there first."""
+    result = session.execute(
+        update(Nudge)
+        .where(Nudge.nudge_id == nudge_id, Nudge.status == "pending")
+        .values(status="sending")
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.get(Nudge, nudge_id)
+
+
+def has_consent(session: Session, supporter_id: str, channel: str) -> bool:
+    """True when the newest consent record for this channel grants it."""
+    latest = session.scalars(
+        select(ConsentRecord.granted)
+        .where(ConsentRecord.supporter_id == supporter_id, ConsentRecord.channel == channel)
+        .order_by(desc(ConsentRecord.recorded_at), desc(ConsentRecord.id))
+        .limit(1)
+    ).first()
+    return bool(latest)
+
+
+def contact(session: Session, supporter_id: str) -> Supporter | None:
+    return session.get(Supporter, supporter_id)
+
+
+def finish_nudge(
+    session: Session,
+    nudge: Nudge,
+    status: str,
+    reason: str | None = None,
+    provider_message_id: str | None = None,
+) -> None:
+    nudge.status = status
+    nudge.reason = reason
+    nudge.provider_message_id = provider_message_id
+
+
+def write_outbox(
+    session: Session,
+    nudge_id: str,
+    channel: str,
+    to_address: str,
+    subject: str | None,
+    body: str,
+    created_at: datetime,
+) -> None:
+    session.add(
+        OutboxMessage(
+            nudge_id=nudge_id,
+            channel=channel,
+            to_address=to_address,
+            subject=subject,
+            body=body,
+            created_at=created_at,
+        )
+    )
+
+
+def list_outbox(session: Session, limit: int) -> list[dict[str, Any]]:
+    rows = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id).limit(limit))
+    return [
+        {
+            "nudge_id": r.nudge_id,
+            "channel": r.channel,
+            "to": r.to_address,
+            "subject": r.subject,
+            "body": r.body,
+            "created_at": r.created_at.isoformat(),
+        }
+        for r in rows
+    ]
+
+
+def list_tasks(session: Session, limit: int) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(FollowUpTask).order_by(FollowUpTask.due_at, FollowUpTask.task_id).limit(limit)
+    )
+    return [
+        {
+            "task_id": r.task_id,
+            "supporter_id": r.supporter_id,
+            "kind": r.kind,
+            "reason": r.reason,
+            "due_at": r.due_at.isoformat(),
+            "area": r.area,
+            "status": r.status,
+            "rule": r.rule,
+        }
+        for r in rows
+    ]

@@ -1,0 +1,1 @@
+"""Benchmark building blocks: payloads, raw aiokafka throughput, a naive faust agent."""

@@ -1,0 +1,63 @@
+"""Kafka clients configured once for the pipeline: idempotent producers, manual-commit consumers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import KafkaProducer
+
+from schemas.events import DeadLetter
+
+Record = tuple[str, bytes, bytes]
+"""(topic, key, value) of a record to publish."""
+
+
+def ledger_producer(bootstrap: str) -> Any:
+    """kafka-python producer for the ledger relay: idempotent, acks=all, short linger."""
+    return KafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id="engage-relay",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        batch_size=256 * 1024,
+        max_in_flight_requests_per_connection=5,
+        retries=2**31 - 1,
+        request_timeout_ms=10_000,
+    )
+
+
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+    "max_poll_records": 5000,
+    "fetch_max_wait_ms": 50,
+    # Tansu answers a first JoinGroup after half the session timeout: 10 s gives a 5 s join.
+    "session_timeout_ms": 10_000,
+    "heartbeat_interval_ms": 1_000,
+    "max_poll_interval_ms": 300_000,
+}
+"""aiokafka settings for the pipeline's own consumer groups (see docs/faust-table-stall.md)."""
+
+
+def dead_letter(
+    consumer: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    error: str,
+) -> Record:
+    letter = DeadLetter(
+        event_time=datetime.now(UTC),
+        source_topic=topic,
+        partition=partition,
+        offset=offset,
+        source_key=key.decode(errors="replace") if key else None,
+        error=error[:2000],
+        payload=(value or b"").decode(errors="replace"),
+        consumer=consumer,
+    )
+    return (DeadLetter.topic, topic.encode(), letter.model_dump_json().encode())

@@ -1,0 +1,215 @@
+"""Running the pipeline's processes: signal handling, parent watch, and the supervisor of `up`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from infra.broker import EmbeddedBroker, free_port
+from infra.db import make_engine, migrate, session_factory
+from infra.settings import Settings
+from infra.topics import ensure_topics
+from producers.ledger import mark_all_unpublished
+
+log = structlog.get_logger(__name__)
+PARENT_ENV = "ENGAGE_PARENT_PID"
+KAFKA_ROLES = ("relay", "stream", "consume")
+ROLES = ("api", *KAFKA_ROLES)
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def watch_parent() -> None:
+    """When the supervisor that started us (PARENT_ENV) is gone, stop: SIGTERM ourselves,
+    and exit outright if that has not worked within 8 s. Leaves no process behind."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(8)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+@dataclass
+class Child:
+    role: str
+    process: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+
+
+class Supervisor:
+    """Starts the broker (unless one is given), the API, relay, stream worker and consumers;
+    restarts any that die, and the embedded broker too (re-creating its topics and
+    republishing the ledger, since its log lived in memory); stops them all on request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker: EmbeddedBroker | None = None
+        self.bootstrap = settings.kafka_bootstrap or ""
+        self.children: dict[str, Child] = {}
+        self.logs = settings.home / "logs"
+        self.api_port = settings.api_port or free_port()
+        self.api_url = f"http://{settings.api_host}:{self.api_port}"
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(self.settings.sqlalchemy_url)
+        migrate(engine)
+        self.sessions = session_factory(engine)
+        if not self.settings.kafka_bootstrap:
+            self.broker = EmbeddedBroker(log_path=self.logs / "broker.log").start()
+            self.bootstrap = self.broker.bootstrap
+            self._republish()
+        ensure_topics(self.bootstrap, self.settings.topic_partitions)
+        for role in ROLES:
+            self._spawn(role)
+        self._wait_for_api()
+        self._write_run_file()
+
+    def _write_run_file(self) -> None:
+        run = {
+            "pid": os.getpid(),
+            "api_url": self.api_url,
+            "bootstrap": self.bootstrap,
+            "embedded": self.broker is not None,
+            "database_url": self.settings.sqlalchemy_url,
+            "pids": self.pids(),
+        }
+        temporary = self.settings.run_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(run))
+        temporary.replace(self.settings.run_file)
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "ENGAGE_HOME": str(self.settings.home.resolve()),
+            "ENGAGE_DATABASE_URL": self.settings.sqlalchemy_url,
+            "ENGAGE_KAFKA_BOOTSTRAP": self.bootstrap,
+            "ENGAGE_API_PORT": str(self.api_port),
+            "ENGAGE_LOG_JSON": "true",
+            PARENT_ENV: str(os.getpid()),
+        }
+
+    def _spawn(self, role: str, restarts: int = 0) -> None:
+        log_file = open(self.logs / f"{role}.log", "ab")  # noqa: SIM115 - the child owns it
+        process = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", role],
+            env=self._env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+        log_file.close()
+        self.children[role] = Child(role, process, restarts=restarts)
+
+    def _wait_for_api(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            api = self.children["api"].process
+            if api.poll() is not None:
+                raise RuntimeError(f"the API exited; see {self.logs / 'api.log'}")
+            time.sleep(0.1)
+        raise RuntimeError(f"the API did not answer at {self.api_url}")
+
+    def _republish(self) -> None:
+        with self.sessions.begin() as session:
+            count = mark_all_unpublished(session)
+        if count:
+            log.info("ledger.republish", events=count)
+
+    def check(self) -> None:
+        """Restart what died. Called about twice a second by ``watch``."""
+        restarted = False
+        if self.broker is not None and not self.broker.alive():
+            log.warning("broker.died", code=self.broker.process and self.broker.process.poll())
+            self.broker = EmbeddedBroker(self.broker.port, self.logs / "broker.log").start()
+            ensure_topics(self.bootstrap, self.settings.topic_partitions)
+            self._republish()
+            for role in KAFKA_ROLES:
+                self._terminate(self.children[role].process, 5.0)
+            restarted = True
+        for role, child in list(self.children.items()):
+            code = child.process.poll()
+            if code is None:
+                continue
+            backoff = min(5.0, 0.5 * 2**child.restarts)
+            if time.monotonic() - child.started < backoff:
+                continue
+            log.warning("process.restart", role=role, exit_code=code, restarts=child.restarts + 1)
+            self._spawn(role, child.restarts + 1)
+            restarted = True
+        if restarted:
+            self._write_run_file()
+
+    def watch(self, stop: threading.Event) -> None:
+        while not stop.wait(0.5):
+            self.check()
+
+    @staticmethod
+    def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop(self) -> None:
+        deadline = time.monotonic() + 7.0
+        for child in self.children.values():
+            if child.process.poll() is None:
+                child.process.terminate()
+        for child in self.children.values():
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        if self.broker is not None:
+            self.broker.stop()
+        self.settings.run_file.unlink(missing_ok=True)
+
+    def pids(self) -> dict[str, Any]:
+        pids: dict[str, Any] = {r: c.process.pid for r, c in self.children.items()}
+        if self.broker is not None and self.broker.process is not None:
+            pids["broker"] = self.broker.process.pid
+        return pids
+
+
+def read_run_file(home: Path) -> dict[str, Any]:
+    path = home / "run.json"
+    if not path.exists():
+        raise SystemExit(
+            f"no running pipeline found under {home} (start one with `engage up`, or pass --url)"
+        )
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data

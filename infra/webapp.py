@@ -1,0 +1,44 @@
+"""The one web app: mounts every package's routes (composition root, no logic of its own)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from infra.db import make_engine, session_factory
+from infra.settings import Settings
+from producers.api import IngestService, ingest_router, openapi_components
+
+
+def create_app(settings: Settings) -> FastAPI:
+    sessions = session_factory(make_engine(settings.sqlalchemy_url))
+    app = FastAPI(
+        title="Engage pipeline",
+        version="0.1.0",
+        description="Ingest supporters' events; the pipeline scores them and sends nudges.",
+    )
+    service = IngestService(
+        sessions=sessions,
+        identity_key=settings.secret("identity_key"),
+        token=settings.secret("api_token"),
+        max_batch=settings.max_batch,
+    )
+    app.include_router(ingest_router(service))
+
+    @app.get("/health", tags=["ops"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                openapi_components()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,204 @@
+"""The HTTP ingest API: validate events, commit them to the ledger, answer 202 or a clear 4xx."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from producers.ledger import record_events
+from schemas.events import INGEST_TO_TOPIC, Event, IngestEvent
+from schemas.identity import supporter_id
+
+log = structlog.get_logger(__name__)
+_INGEST = TypeAdapter(IngestEvent)
+MAX_FUTURE = timedelta(days=1)
+
+
+class FieldError(BaseModel):
+    field: str
+    reason: str
+
+
+class Rejected(BaseModel):
+    index: int
+    errors: list[FieldError]
+
+
+class IngestResult(BaseModel):
+    """What became of each event: accepted, a repeat of one accepted before, or rejected."""
+
+    accepted: list[uuid.UUID] = []
+    duplicates: list[uuid.UUID] = []
+    rejected: list[Rejected] = []
+
+
+class ProblemDetail(BaseModel):
+    detail: list[FieldError]
+
+
+@dataclass
+class IngestService:
+    sessions: sessionmaker[Session]
+    identity_key: str
+    token: str
+    max_batch: int = 1000
+
+    def to_topic_event(self, payload: Any, prefix: str) -> Event | list[FieldError]:
+        """Validate one posted event and derive its supporter id; or say what is wrong."""
+        try:
+            parsed = _INGEST.validate_python(payload)
+        except ValidationError as exc:
+            return [
+                FieldError(
+                    field=_field(prefix, ("type",) if "union_tag" in err["type"] else err["loc"]),
+                    reason=err["msg"],
+                )
+                for err in exc.errors(include_url=False)
+            ]
+        if parsed.event_time > datetime.now(UTC) + MAX_FUTURE:
+            return [FieldError(field=_field(prefix, ("event_time",)), reason="in the future")]
+        fields = parsed.model_dump()
+        fields["supporter_id"] = supporter_id(self.identity_key, parsed.email, parsed.phone)
+        return INGEST_TO_TOPIC[type(parsed)].model_validate(fields)
+
+    def ingest(self, payloads: list[Any], prefix: str) -> IngestResult:
+        result = IngestResult()
+        events: list[Event] = []
+        for index, payload in enumerate(payloads):
+            outcome = self.to_topic_event(payload, prefix.format(index=index))
+            if isinstance(outcome, list):
+                result.rejected.append(Rejected(index=index, errors=outcome))
+            else:
+                events.append(outcome)
+        if events:
+            result.accepted, result.duplicates = self._commit(events)
+        return result
+
+    def _commit(self, events: list[Event]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+        now = datetime.now(UTC)
+        for attempt in range(3):
+            try:
+                with self.sessions.begin() as session:
+                    return record_events(session, events, now)
+            except IntegrityError:
+                # Another request committed one of these ids meanwhile: look again.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def _field(prefix: str, loc: tuple[int | str, ...]) -> str:
+    # Drop the discriminator tag pydantic puts in the location of a union member.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and "." in p and p[:1].islower())]
+    path = ".".join(parts)
+    return f"{prefix}.{path}" if prefix and path else (prefix or path or "body")
+
+
+def _problem(status: int, field: str, reason: str) -> JSONResponse:
+    body = ProblemDetail(detail=[FieldError(field=field, reason=reason)])
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def ingest_router(service: IngestService) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["ingest"])
+    problems: dict[int | str, dict[str, Any]] = {
+        400: {"model": ProblemDetail, "description": "Malformed JSON."},
+        401: {"model": ProblemDetail, "description": "Missing or wrong bearer token."},
+        413: {"model": ProblemDetail, "description": "Batch or body too large."},
+        422: {"model": IngestResult, "description": "Some events rejected; valid ones kept."},
+    }
+
+    async def read_json(request: Request) -> Any | JSONResponse:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token, service.token):
+            response = _problem(401, "authorization", "a valid bearer token is required")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        body = await request.body()
+        if len(body) > service.max_batch * 4096:
+            return _problem(413, "body", f"larger than {service.max_batch * 4096} bytes")
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _problem(400, "body", f"malformed JSON: {exc}")
+
+    def answer(result: IngestResult) -> JSONResponse:
+        log.info(
+            "ingest",
+            accepted=len(result.accepted),
+            duplicates=len(result.duplicates),
+            rejected=len(result.rejected),
+        )
+        status = 422 if result.rejected else 202
+        return JSONResponse(result.model_dump(mode="json"), status_code=status)
+
+    @router.post(
+        "/events",
+        status_code=202,
+        response_model=IngestResult,
+        responses=problems,
+        openapi_extra={"requestBody": _body_schema("IngestEvent")},
+        summary="Post one event",
+    )
+    async def post_event(request: Request) -> JSONResponse:
+        payload = await read_json(request)
+        if isinstance(payload, JSONResponse):
+            return payload
+        return answer(service.ingest([payload], prefix=""))
+
+    @router.post(
+        "/events/batch",
+        status_code=202,
+        response_model=IngestResult,
+        responses=problems,
+        openapi_extra={"requestBody": _body_schema("IngestBatch")},
+        summary="Post a batch of events; valid ones are kept even when others are rejected",
+    )
+    async def post_batch(request: Request) -> JSONResponse:
+        payload = await read_json(request)
+        if isinstance(payload, JSONResponse):
+            return payload
+        events = payload.get("events") if isinstance(payload, dict) else None
+        if not isinstance(events, list):
+            return _problem(422, "events", "a JSON object with a list 'events' is required")
+        if len(events) > service.max_batch:
+            return _problem(
+                413, "events", f"at most {service.max_batch} events a batch, got {len(events)}"
+            )
+        return answer(service.ingest(events, prefix="events[{index}]"))
+
+    return router
+
+
+def _body_schema(name: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+    }
+
+
+def openapi_components() -> dict[str, Any]:
+    """JSON Schemas of the ingest bodies, for the OpenAPI document's components."""
+    schema = _INGEST.json_schema(ref_template="#/components/schemas/{model}")
+    components: dict[str, Any] = schema.pop("$defs", {})
+    components["IngestEvent"] = schema
+    components["IngestBatch"] = {
+        "type": "object",
+        "required": ["events"],
+        "properties": {
+            "events": {"type": "array", "items": {"$ref": "#/components/schemas/IngestEvent"}}
+        },
+    }
+    return components

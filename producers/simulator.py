@@ -1,0 +1,542 @@
+"""Traffic simulator: realistic, seed-deterministic supporter journeys posted to the ingest API."""
+
+from __future__ import annotations
+
+import random
+import time
+import unicodedata
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import phonenumbers
+from faker import Faker
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from producers.client import IngestClient
+
+DEFAULT_START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday; fixed so a seed repeats exactly
+CONSENT_WORDING = "v1"
+
+# Behaviour, as probabilities per supporter unless said otherwise. The resulting shares are
+# roughly: 92% give an email (60% of them a phone too), 8% only a phone; 80% consent to email,
+# 45% to SMS; 70% sign a petition; 25% RSVP; 15-17% attend; 65% of RSVPs turn up; 5% attend 3+.
+P_PHONE_ONLY = 0.08
+P_PHONE_WITH_EMAIL = 0.60
+P_CONSENT_EMAIL = 0.87  # of those who gave an email
+P_CONSENT_SMS = 0.71  # of those who gave a phone
+P_PETITION = 0.70
+PETITION_COUNTS = ((1, 0.55), (2, 0.25), (3, 0.12), (4, 0.08))
+P_SIGNUP_VIA_PETITION = 0.6  # first signature made in the same session as the signup
+P_REGULAR = 0.05  # RSVPs to 3-5 meetings, attends at least 3
+P_OCCASIONAL = 0.20  # RSVPs to 1 or 2 meetings
+P_OCCASIONAL_TWO = 0.25
+P_OCCASIONAL_TURNS_UP = 0.45  # per RSVP
+P_REGULAR_NO_SHOW = 0.5  # chance a regular with 4+ RSVPs misses one of them
+P_REGULAR_EXTRA_WALK_IN = 0.10
+P_WALK_IN = 0.015  # of the rest: signs up on the night at a meeting
+P_EMAIL_TYPED_DIFFERENTLY = 0.05  # later forms: same address, different capitals
+
+
+@dataclass(frozen=True)
+class Petition:
+    petition_id: str
+    title: str
+
+
+@dataclass(frozen=True)
+class Area:
+    name: str
+    slug: str
+    weight: float
+    outward_codes: tuple[str, ...]
+    neighbourhoods: tuple[str, ...]
+    meeting_weekday: int  # Monday is 0
+    petitions: tuple[Petition, ...]
+
+
+@dataclass(frozen=True)
+class Meeting:
+    meeting_id: str
+    title: str
+    starts_at: datetime
+    area: str
+
+
+def _petitions(slug: str, *titles: str) -> tuple[Petition, ...]:
+    return tuple(Petition(f"pet-{slug}-{n}", title) for n, title in enumerate(titles, 1))
+
+
+NATIONAL_PETITIONS = _petitions(
+    "national",
+    "Rent controls now: cap rent rises at inflation",
+    "Free school meals for every child",
+)
+AREAS: tuple[Area, ...] = (
+    Area(
+        "Manchester", "manchester", 1.4,
+        ("M1", "M4", "M13", "M14", "M15", "M16", "M19", "M20"),
+        ("Levenshulme", "Hulme", "Moss Side", "Rusholme", "Ancoats"), 1,
+        _petitions(
+            "manchester",
+            "Save Levenshulme Library",
+            "Fix the damp in Hulme council homes",
+            "Safe crossings on Wilmslow Road",
+        ),
+    ),
+    Area(
+        "Leeds", "leeds", 1.0,
+        ("LS2", "LS4", "LS6", "LS7", "LS8", "LS9", "LS11"),
+        ("Headingley", "Harehills", "Chapeltown", "Kirkstall", "Beeston"), 2,
+        _petitions(
+            "leeds",
+            "Keep Kirkstall Leisure Centre open",
+            "A safe crossing on Harehills Lane",
+            "No to the Headingley rent hike",
+        ),
+    ),
+    Area(
+        "Bristol", "bristol", 1.0,
+        ("BS1", "BS2", "BS3", "BS5", "BS6", "BS7"),
+        ("Easton", "Bedminster", "St Pauls", "Bishopston", "Southville"), 3,
+        _petitions(
+            "bristol",
+            "Save the Easton community centre",
+            "Clean air zone for Bedminster schools",
+            "Fair rents in St Pauls",
+        ),
+    ),
+    Area(
+        "Glasgow", "glasgow", 1.0,
+        ("G3", "G11", "G12", "G20", "G31", "G41", "G42", "G51"),
+        ("Govanhill", "Govan", "Maryhill", "Dennistoun", "Partick"), 1,
+        _petitions(
+            "glasgow",
+            "Stop the Govanhill evictions",
+            "Warm homes for Govan",
+            "Keep the Maryhill swimming baths open",
+        ),
+    ),
+    Area(
+        "Cardiff", "cardiff", 0.8,
+        ("CF5", "CF10", "CF11", "CF14", "CF24"),
+        ("Splott", "Grangetown", "Canton", "Cathays", "Adamsdown"), 2,
+        _petitions(
+            "cardiff",
+            "Protect the Splott community garden",
+            "Safer cycle lanes on Cowbridge Road",
+            "Reopen Grangetown's youth club",
+        ),
+    ),
+    Area(
+        "Hackney", "hackney", 1.3,
+        ("E5", "E8", "E9", "N1", "N16"),
+        ("Dalston", "Clapton", "Homerton", "Stoke Newington", "Hackney Wick"), 3,
+        _petitions(
+            "hackney",
+            "Save Ridley Road Market",
+            "Clean air outside Hackney schools",
+            "Stop the Stoke Newington rent hikes",
+        ),
+    ),
+    Area(
+        "Birmingham", "birmingham", 1.2,
+        ("B5", "B10", "B11", "B12", "B13", "B29"),
+        ("Balsall Heath", "Sparkbrook", "Moseley", "Small Heath", "Selly Oak"), 0,
+        _petitions(
+            "birmingham",
+            "Reopen Moseley Road Baths",
+            "Fix the potholes in Sparkbrook",
+            "Keep Balsall Heath library open",
+        ),
+    ),
+    Area(
+        "Newcastle", "newcastle", 0.8,
+        ("NE1", "NE2", "NE4", "NE6", "NE15"),
+        ("Byker", "Walker", "Heaton", "Elswick", "Benwell"), 2,
+        _petitions(
+            "newcastle",
+            "Save Byker's youth club",
+            "Warm spaces in Walker this winter",
+            "Keep Metro fares down",
+        ),
+    ),
+)  # fmt: skip
+_INWARD_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"  # letters used in the inward code
+_EMAIL_DOMAINS = ("example.org", "example.com", "example.net", "mail.example.org")
+_SIGNUP_SOURCES = ("website", "website", "street-stall", "social", "referral")
+_MOBILE_SECOND_DIGITS = "45789"  # 074xx, 075xx, 077xx, 078xx, 079xx
+
+
+def plan_meetings(start: datetime = DEFAULT_START, days: int = 28) -> list[Meeting]:
+    """Every area's meetings in the window, by start time.
+
+    A branch meeting each week on the area's weekday at 18:30 UTC, and an action (door-knocking
+    or a street stall) every other Saturday at 11:00 UTC. Meetings starting in the last hour of
+    the window are left out so that their attendance still falls inside it.
+    """
+    end = start + timedelta(days=days)
+    first_day = datetime(start.year, start.month, start.day, tzinfo=start.tzinfo)
+    meetings: list[Meeting] = []
+    for offset in range(days + 1):
+        day = first_day + timedelta(days=offset)
+        for area in AREAS:
+            if day.weekday() == area.meeting_weekday:
+                at = day.replace(hour=18, minute=30)
+                title = f"{area.name} branch meeting"
+                meetings.append(Meeting(_meeting_id(area, at, "branch"), title, at, area.name))
+            if day.weekday() == 5 and (offset // 7) % 2 == 0:
+                at = day.replace(hour=11)
+                place = area.neighbourhoods[(offset // 14) % len(area.neighbourhoods)]
+                kind, title = (
+                    ("doors", f"Door-knocking in {place}")
+                    if (offset // 14) % 2 == 0
+                    else ("stall", f"Street stall in {place}")
+                )
+                meetings.append(Meeting(_meeting_id(area, at, kind), title, at, area.name))
+    return sorted(
+        (m for m in meetings if start < m.starts_at < end - timedelta(hours=1)),
+        key=lambda m: (m.starts_at, m.meeting_id),
+    )
+
+
+def _meeting_id(area: Area, at: datetime, kind: str) -> str:
+    return f"mtg-{area.slug}-{at:%Y%m%d}-{kind}"
+
+
+@dataclass(frozen=True)
+class _Person:
+    first_name: str
+    last_name: str
+    email: str | None
+    phone: str | None
+    postcode: str
+    area: Area
+
+
+class _Journeys:
+    """Builds every supporter's events; all randomness comes from one seeded ``Random``."""
+
+    def __init__(self, seed: int, start: datetime, days: int) -> None:
+        self.rng = random.Random(seed)
+        self.fake = Faker("en_GB")
+        self.fake.seed_instance(seed)
+        self.start = start
+        self.end = start + timedelta(days=days)
+        meetings = plan_meetings(start, days)
+        self.meetings = {a.name: [m for m in meetings if m.area == a.name] for a in AREAS}
+        self.emails: set[str] = set()
+        self.phones: set[str] = set()
+        self.out: list[tuple[datetime, int, dict[str, Any]]] = []
+
+    def supporter(self) -> None:
+        rng = self.rng
+        person = self._person()
+        has_email, has_phone = person.email is not None, person.phone is not None
+        consent_email = has_email and rng.random() < P_CONSENT_EMAIL
+        consent_sms = has_phone and rng.random() < P_CONSENT_SMS
+        petitions = self._petitions_for(person.area) if rng.random() < P_PETITION else []
+        rsvps, attends, walk_in = self._meeting_plan(person.area)
+
+        if walk_in is not None:
+            signed_up = walk_in.starts_at + timedelta(minutes=rng.randint(5, 40))
+            source = "meeting"
+        else:
+            rsvp_starts = [m.starts_at for m in rsvps]
+            latest = min(rsvp_starts, default=self.end) - timedelta(hours=2)
+            signed_up = self._time_between(self.start, latest)
+            source = rng.choice(_SIGNUP_SOURCES)
+        via_petition = bool(petitions) and walk_in is None and rng.random() < P_SIGNUP_VIA_PETITION
+        if via_petition:
+            source = "petition"
+        self._emit(
+            signed_up,
+            person,
+            "supporter.signup",
+            source=source,
+            consent_email=consent_email,
+            consent_sms=consent_sms,
+            consent_wording=CONSENT_WORDING,
+        )
+
+        for n, petition in enumerate(petitions):
+            if n == 0 and via_petition:
+                at = signed_up + timedelta(seconds=rng.randint(5, 240))
+            else:
+                at = self._time_between(signed_up + timedelta(minutes=10), self.end)
+            self._emit(
+                at,
+                person,
+                "petition.signed",
+                petition_id=petition.petition_id,
+                petition_title=petition.title,
+                with_phone=not has_email,
+            )
+
+        for meeting in rsvps:
+            lo = max(signed_up + timedelta(minutes=1), meeting.starts_at - timedelta(days=10))
+            at = self._time_between(lo, meeting.starts_at - timedelta(minutes=30))
+            self._emit(at, person, "event.rsvp", **_meeting_fields(meeting))
+        for meeting in attends:
+            if meeting is walk_in:
+                at = signed_up + timedelta(seconds=rng.randint(30, 300))
+            else:
+                at = meeting.starts_at + timedelta(minutes=rng.randint(-10, 30))
+            self._emit(at, person, "event.attended", **_meeting_fields(meeting))
+
+    def _meeting_plan(self, area: Area) -> tuple[list[Meeting], list[Meeting], Meeting | None]:
+        """(meetings RSVPed to, meetings attended, the walk-in meeting if signed up at one)."""
+        rng = self.rng
+        meetings = self.meetings[area.name]
+        roll = rng.random()
+        if roll < P_REGULAR and len(meetings) >= 3:
+            wanted = min(rng.randint(3, 5), len(meetings))
+            rsvps = self._pick_meetings(meetings, wanted)
+            attends = list(rsvps)
+            if wanted > 3 and rng.random() < P_REGULAR_NO_SHOW:
+                attends.remove(rng.choice(attends))
+            others = [m for m in meetings if m not in rsvps and m.starts_at > rsvps[0].starts_at]
+            if others and rng.random() < P_REGULAR_EXTRA_WALK_IN:
+                attends.append(rng.choice(others))
+            return rsvps, sorted(attends, key=lambda m: m.starts_at), None
+        if roll < P_REGULAR + P_OCCASIONAL and meetings:
+            wanted = 2 if rng.random() < P_OCCASIONAL_TWO and len(meetings) >= 2 else 1
+            rsvps = self._pick_meetings(meetings, wanted)
+            attends = [m for m in rsvps if rng.random() < P_OCCASIONAL_TURNS_UP]
+            return rsvps, attends, None
+        if meetings and rng.random() < P_WALK_IN:
+            meeting = rng.choice(meetings)
+            return [], [meeting], meeting
+        return [], [], None
+
+    def _pick_meetings(self, meetings: list[Meeting], count: int) -> list[Meeting]:
+        """``count`` meetings, mostly close together in time (people commit for a few weeks)."""
+        first = self.rng.randrange(len(meetings) - count + 1)
+        window = meetings[first : first + count + self.rng.randint(0, 2)]
+        return sorted(self.rng.sample(window, count), key=lambda m: m.starts_at)
+
+    def _petitions_for(self, area: Area) -> list[Petition]:
+        rng = self.rng
+        counts, weights = zip(*PETITION_COUNTS, strict=True)
+        wanted = rng.choices(counts, weights)[0]
+        pool = [(p, 2.0) for p in area.petitions] + [(p, 1.0) for p in NATIONAL_PETITIONS]
+        chosen: list[Petition] = []
+        while pool and len(chosen) < wanted:
+            index = rng.choices(range(len(pool)), [w for _, w in pool])[0]
+            chosen.append(pool.pop(index)[0])
+        return chosen
+
+    def _person(self) -> _Person:
+        rng, fake = self.rng, self.fake
+        area = rng.choices(AREAS, [a.weight for a in AREAS])[0]
+        first_name, last_name = fake.first_name(), fake.last_name()
+        phone_only = rng.random() < P_PHONE_ONLY
+        email = None if phone_only else self._email(first_name, last_name)
+        phone = self._mobile() if phone_only or rng.random() < P_PHONE_WITH_EMAIL else None
+        inward = f"{rng.randint(1, 9)}{rng.choice(_INWARD_LETTERS)}{rng.choice(_INWARD_LETTERS)}"
+        postcode = f"{rng.choice(area.outward_codes)} {inward}"
+        return _Person(str(first_name), str(last_name), email, phone, postcode, area)
+
+    def _email(self, first_name: str, last_name: str) -> str:
+        rng = self.rng
+        first, last = _ascii_word(first_name), _ascii_word(last_name)
+        style = rng.randrange(5)
+        local = (
+            f"{first}.{last}",
+            f"{first}{last}",
+            f"{first[:1]}.{last}",
+            f"{first}.{last}{rng.randint(1, 99)}",
+            f"{first}_{last}{rng.randint(60, 99)}",
+        )[style]
+        domain = rng.choice(_EMAIL_DOMAINS)
+        email = f"{local}@{domain}"
+        while email in self.emails:
+            email = f"{local}{rng.randint(1, 9999)}@{domain}"
+        self.emails.add(email)
+        return email
+
+    def _mobile(self) -> str:
+        """A valid UK mobile in E.164 (phonenumbers' ranges; not the 07700 900xxx drama range)."""
+        rng = self.rng
+        while True:
+            digits = f"{rng.choice(_MOBILE_SECOND_DIGITS)}{rng.randrange(10**8):08d}"
+            candidate = f"+447{digits}"
+            if candidate in self.phones:
+                continue
+            number = phonenumbers.parse(candidate, "GB")
+            if phonenumbers.is_valid_number_for_region(number, "GB"):  # not Jersey, Man, ...
+                self.phones.add(candidate)
+                return candidate
+
+    def _time_between(self, lo: datetime, hi: datetime) -> datetime:
+        """A whole-second time in [lo, hi), preferring waking hours (07:00-23:00 UTC)."""
+        if hi <= lo + timedelta(seconds=1):
+            return lo
+        span = int((hi - lo).total_seconds())
+        at = lo
+        for _ in range(6):
+            at = lo + timedelta(seconds=self.rng.randrange(span))
+            if 7 <= at.hour < 23:
+                break
+        return at
+
+    def _emit(
+        self,
+        at: datetime,
+        person: _Person,
+        event_type: str,
+        *,
+        with_phone: bool = True,
+        **fields: Any,
+    ) -> None:
+        rng = self.rng
+        event_id = uuid.UUID(int=rng.getrandbits(128), version=4)
+        email = person.email
+        retyped = event_type != "supporter.signup" and rng.random() < P_EMAIL_TYPED_DIFFERENTLY
+        if email is not None and retyped:
+            email = email[:1].upper() + email[1:]
+        payload: dict[str, Any] = {
+            "type": event_type,
+            "event_id": str(event_id),
+            "event_time": _iso(at),
+            "first_name": person.first_name,
+            "last_name": person.last_name,
+            "postcode": person.postcode,
+            "area": person.area.name,
+        }
+        if email is not None:
+            payload["email"] = email
+        if person.phone is not None and (with_phone or person.email is None):
+            payload["phone"] = person.phone
+        payload.update(fields)
+        self.out.append((at, len(self.out), payload))
+
+
+def _meeting_fields(meeting: Meeting) -> dict[str, Any]:
+    return {
+        "meeting_id": meeting.meeting_id,
+        "meeting_title": meeting.title,
+        "meeting_starts_at": _iso(meeting.starts_at),
+    }
+
+
+def _ascii_word(text: str) -> str:
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return "".join(ch for ch in folded.lower() if ch.isalnum()) or "supporter"
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def generate_events(
+    supporters: int, seed: int = 1, start: datetime | None = None, days: int = 28
+) -> list[dict[str, Any]]:
+    """Ingest payloads for ``supporters`` people over ``days`` days from ``start``, by time.
+
+    Pure and deterministic: the same arguments give the same events and event ids. Each
+    supporter signs up first; petitions, RSVPs and attendance follow in causal order, and
+    attendance happens at the meeting (or just after a signup on the night, for walk-ins).
+    """
+    if supporters < 0:
+        raise ValueError("supporters must not be negative")
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    start = DEFAULT_START if start is None else start
+    if start.tzinfo is None:
+        raise ValueError("start must be timezone-aware")
+    journeys = _Journeys(seed, start.astimezone(UTC).replace(microsecond=0), days)
+    for _ in range(supporters):
+        journeys.supporter()
+    journeys.out.sort(key=lambda item: (item[0], item[1]))
+    return [payload for _, _, payload in journeys.out]
+
+
+@dataclass
+class TypeCounts:
+    sent: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class SimulationReport:
+    sent: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    by_type: dict[str, TypeCounts] = field(default_factory=dict)
+    seconds: float = 0.0
+    sample_errors: list[str] = field(default_factory=list)  # the first few rejections
+
+
+def simulate(
+    client: IngestClient,
+    supporters: int,
+    seed: int,
+    batch_size: int = 500,
+    rate: float | None = None,
+    progress: bool = True,
+    *,
+    start: datetime | None = None,
+    days: int = 28,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SimulationReport:
+    """Generate the traffic and post it in batches of ``batch_size``, at most ``rate`` events/s."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if rate is not None and rate <= 0:
+        raise ValueError("rate must be positive")
+    events = generate_events(supporters, seed, start, days)
+    report = SimulationReport(by_type={})
+    type_of = {event["event_id"]: event["type"] for event in events}
+    for event_type in Counter(type_of.values()):
+        report.by_type[event_type] = TypeCounts()
+    began = clock()
+    with Progress(
+        TextColumn("[bold]simulating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("events"),
+        TimeRemainingColumn(),
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task("events", total=len(events))
+        for offset in range(0, len(events), batch_size):
+            batch = events[offset : offset + batch_size]
+            if rate is not None:
+                wait = began + offset / rate - clock()
+                if wait > 0:
+                    sleep(wait)
+            result = client.post_batch(batch)
+            report.sent += len(batch)
+            for event in batch:
+                report.by_type[event["type"]].sent += 1
+            for event_id in result.accepted:
+                report.accepted += 1
+                _counts(report, type_of.get(event_id, "unknown")).accepted += 1
+            for event_id in result.duplicates:
+                report.duplicates += 1
+                _counts(report, type_of.get(event_id, "unknown")).duplicates += 1
+            for rejection in result.rejected:
+                report.rejected += 1
+                inside = 0 <= rejection.index < len(batch)
+                event_type = str(batch[rejection.index]["type"]) if inside else "unknown"
+                _counts(report, event_type).rejected += 1
+                if len(report.sample_errors) < 20:
+                    reasons = "; ".join(f"{e.field}: {e.reason}" for e in rejection.errors)
+                    report.sample_errors.append(
+                        f"{event_type} #{offset + rejection.index}: {reasons}"
+                    )
+            bar.advance(task, len(batch))
+    report.seconds = clock() - began
+    return report
+
+
+def _counts(report: SimulationReport, event_type: str) -> TypeCounts:
+    return report.by_type.setdefault(event_type, TypeCounts())

@@ -1,0 +1,144 @@
+"""The stream stage: reads input topics in batches, folds events into per-supporter state,
+and publishes scores, nudges and tasks; offsets are committed only after outputs are acked.
+
+State is derived from the input topics (the event log), not stored beside them: when a
+partition is assigned, the worker replays it from the start up to the group's committed
+offset without emitting, then carries on live. A crash after publishing and before
+committing replays a few events; each output has a deterministic id and idempotency key,
+so consumers act once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from infra.kafka import CONSUMER_DEFAULTS, Record, dead_letter
+from schemas.catalogue import INPUT_TOPICS
+from schemas.events import INPUT_EVENT_TYPES, Event
+from streams.engagement import SupporterState, apply_event
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class EngagementProcessor:
+    """Per-partition state and the fold over a batch; no Kafka here, so it is easy to test."""
+
+    half_life_days: float
+    states: dict[int, dict[str, SupporterState]] = field(default_factory=dict)
+    restore_until: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def reset(
+        self, assigned: Iterable[tuple[str, int]], committed: dict[tuple[str, int], int]
+    ) -> None:
+        self.states = {}
+        self.restore_until = {tp: committed[tp] for tp in assigned if committed.get(tp)}
+
+    def process(self, topic: str, partition: int, messages: Iterable[Any]) -> list[Record]:
+        model = INPUT_EVENT_TYPES[topic]
+        states = self.states.setdefault(partition, {})
+        limit = self.restore_until.get((topic, partition), 0)
+        outputs: list[Record] = []
+        for message in messages:
+            emit = message.offset >= limit
+            try:
+                event: Event = model.model_validate_json(message.value)
+                sid = event.key()
+                state = states.get(sid)
+                if state is None:
+                    state = states[sid] = SupporterState()
+                caused = apply_event(state, event, self.half_life_days, emit)
+            except Exception as exc:  # a bad event must not stop the partition
+                if emit:
+                    outputs.append(
+                        dead_letter(
+                            "stream",
+                            topic,
+                            partition,
+                            message.offset,
+                            message.key,
+                            message.value,
+                            f"{type(exc).__name__}: {exc}",
+                        )
+                    )
+                continue
+            outputs.extend(
+                (out.topic, out.key().encode(), out.model_dump_json().encode()) for out in caused
+            )
+        return outputs
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: StreamWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        log.info("stream.revoked", partitions=len(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self.worker.consumer
+        committed: dict[tuple[str, int], int] = {}
+        for tp in assigned:
+            committed[(tp.topic, tp.partition)] = await consumer.committed(tp) or 0
+        self.worker.processor.reset(committed, committed)
+        if assigned:
+            await consumer.seek_to_beginning(*assigned)
+        log.info(
+            "stream.assigned",
+            partitions=len(assigned),
+            replaying=sum(committed.values()),
+        )
+
+
+class StreamWorker:
+    def __init__(
+        self, bootstrap: str, half_life_days: float, group_id: str = "engage-stream"
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.processor = EngagementProcessor(half_life_days)
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            client_id="engage-stream",
+            **CONSUMER_DEFAULTS,
+        )
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id="engage-stream",
+            acks="all",
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+        )
+        await self.producer.start()
+        self.consumer.subscribe(list(INPUT_TOPICS), listener=_Rebalance(self))
+        await self.consumer.start()
+        try:
+            while not stop.is_set():
+                batches = await self.consumer.getmany(timeout_ms=200, max_records=5000)
+                if batches:
+                    await self._handle(batches)
+        finally:
+            await self.consumer.stop()
+            await self.producer.stop()
+
+    async def _handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        outputs: list[Record] = []
+        offsets: dict[TopicPartition, int] = {}
+        for tp, messages in batches.items():
+            outputs.extend(self.processor.process(tp.topic, tp.partition, messages))
+            offsets[tp] = messages[-1].offset + 1
+        futures = [await self.producer.send(t, value=v, key=k) for t, k, v in outputs]
+        if futures:
+            await asyncio.gather(*futures)
+        await self.consumer.commit(offsets)
+        self.processed += sum(len(m) for m in batches.values())
