@@ -1,0 +1,177 @@
+"""`engage demo`: start the pipeline, simulate traffic, and show it flowing in the terminal."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from sqlalchemy import func, select
+
+from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage
+from infra.processes import Supervisor
+from infra.settings import Settings
+from schemas.catalogue import TOPICS
+
+
+def _mask(address: str) -> str:
+    if "@" in address:
+        name, _, domain = address.partition("@")
+        return f"{name[:1]}***@{domain}"
+    return f"{address[:4]}******{address[-2:]}"
+
+
+class LiveView:
+    """Tails every catalogue topic (counting messages) and reads the database's results."""
+
+    def __init__(self, bootstrap: str, sessions: Any) -> None:
+        self.sessions = sessions
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, client_id="engage-demo", enable_auto_commit=False
+        )
+        self.consumer.assign(
+            [
+                TopicPartition(spec.name, p)
+                for spec in TOPICS
+                for p in sorted(self.consumer.partitions_for_topic(spec.name) or ())
+            ]
+        )
+        self.counts: dict[str, int] = {spec.name: 0 for spec in TOPICS}
+        self.rungs: deque[str] = deque(maxlen=6)
+
+    def poll(self) -> None:
+        for tp, records in self.consumer.poll(timeout_ms=200, max_records=100_000).items():
+            self.counts[tp.topic] += len(records)
+            if tp.topic == "engagement.scored":
+                for record in records:
+                    scored = json.loads(record.value)
+                    if scored["rung"] != scored["previous_rung"] and scored["previous_rung"]:
+                        self.rungs.append(
+                            f"{scored['supporter_id'][:12]}… {scored['previous_rung']} → "
+                            f"{scored['rung']} (score {scored['score']:.1f})"
+                        )
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.sessions() as session:
+            nudges = dict(
+                session.execute(select(Nudge.status, func.count()).group_by(Nudge.status)).all()
+            )
+            outbox = session.scalars(
+                select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(6)
+            ).all()
+            tasks = session.scalars(
+                select(FollowUpTask).order_by(FollowUpTask.created_at.desc()).limit(5)
+            ).all()
+            unpublished = session.scalar(
+                select(func.count()).select_from(LedgerEvent).where(~LedgerEvent.published)
+            )
+            task_count = session.scalar(select(func.count()).select_from(FollowUpTask))
+        return {
+            "nudges": nudges,
+            "outbox": [
+                (m.channel, _mask(m.to_address), (m.subject or m.body)[:60]) for m in outbox
+            ],
+            "tasks": [(t.due_at.strftime("%d %b %H:%M"), t.area or "-", t.kind) for t in tasks],
+            "unpublished": unpublished or 0,
+            "task_count": task_count or 0,
+        }
+
+    def render(self, snap: dict[str, Any], simulated: str) -> Group:
+        topics = Table(title="Kafka topics (messages)", expand=False)
+        topics.add_column("topic")
+        topics.add_column("messages", justify="right")
+        for name, count in self.counts.items():
+            topics.add_row(name, str(count))
+        outbox = Table(title="Outbox: nudges sent (embedded mode, no provider keys)")
+        for column in ("channel", "to", "subject / text"):
+            outbox.add_column(column)
+        for row in snap["outbox"]:
+            outbox.add_row(*row)
+        tasks = Table(title=f"Organiser follow-up tasks ({snap['task_count']})")
+        for column in ("due", "area", "kind"):
+            tasks.add_column(column)
+        for row in snap["tasks"]:
+            tasks.add_row(*row)
+        ladder = Table(title="Ladder moves (from engagement.scored)")
+        ladder.add_column("supporter: rung change")
+        for line in self.rungs:
+            ladder.add_row(line)
+        nudges = ", ".join(f"{k}: {v}" for k, v in sorted(snap["nudges"].items())) or "none yet"
+        return Group(simulated, f"Nudges by state: {nudges}", topics, ladder, outbox, tasks)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> int:
+    from producers.client import IngestClient
+    from producers.simulator import simulate
+
+    console = Console()
+    supervisor = Supervisor(settings)
+    console.print("[bold]Starting the pipeline on the embedded broker…[/bold]")
+    supervisor.start()
+    console.print(f"API {supervisor.api_url} (docs at /docs), broker {supervisor.bootstrap}")
+    report: dict[str, Any] = {}
+
+    def traffic() -> None:
+        with IngestClient(supervisor.api_url, settings.secret("api_token")) as client:
+            result = simulate(
+                client, supporters, seed, batch_size=50, rate=max(supporters / 5, 50),
+                progress=False, start=datetime.now(UTC) - timedelta(days=28),
+            )
+        report["result"] = result
+
+    sender = threading.Thread(target=traffic, name="simulate", daemon=True)
+    view = LiveView(supervisor.bootstrap, supervisor.sessions)
+    started = time.monotonic()
+    snap: dict[str, Any] = {}
+    try:
+        sender.start()
+        quiet = 0
+        with Live(console=console, refresh_per_second=2) as live:
+            while time.monotonic() - started < seconds:
+                supervisor.check()
+                view.poll()
+                snap = view.snapshot()
+                done = "result" in report
+                status = (
+                    f"Simulating {supporters} supporters over 28 days: "
+                    + ("all events sent" if done else "sending…")
+                    + f"  ({time.monotonic() - started:.0f}s)"
+                )
+                live.update(view.render(snap, status))
+                settled = done and snap["unpublished"] == 0 and snap["nudges"].get("pending", 0) == 0
+                quiet = quiet + 1 if settled else 0
+                if quiet >= 8 and snap["outbox"]:
+                    break
+                time.sleep(0.5)
+    finally:
+        view.close()
+        supervisor.stop()
+    result = report.get("result")
+    console.print("\n[bold]Summary[/bold]")
+    if result is not None:
+        console.print(
+            f"  events sent {result.sent}, accepted {result.accepted}, "
+            f"rejected {result.rejected}, in {result.seconds:.1f}s"
+        )
+    console.print(f"  nudges: {snap.get('nudges')}, follow-up tasks: {snap.get('task_count')}")
+    console.print("\n[bold]Where to look next[/bold]")
+    for line in (
+        "engage outbox            the emails and texts that were 'sent' (add --json)",
+        "engage tasks             the organisers' follow-up queue (add --json)",
+        "engage up                keep the pipeline running; API docs at <api>/docs",
+        "engage simulate --supporters 500   more traffic into a running pipeline",
+        "engage status            topics, message counts and consumer lag",
+        f"{supervisor.logs}/       each process's log",
+    ):
+        console.print(f"  {line}")
+    return 0
