@@ -62,7 +62,7 @@ def pipeline_status(bootstrap: str, sessions: sessionmaker[Session]) -> dict[str
     lag: dict[str, int] = {}
     try:
         for group, topics in GROUPS.items():
-            committed = admin.list_group_offsets(group)
+            committed = admin.list_group_offsets(group).get(group, {})
             lag[group] = sum(
                 max(end - (committed[tp].offset if tp in committed else 0), 0)
                 for topic in topics

@@ -12,6 +12,7 @@ first event (app start, topic declaration, group join, assignment). Logs go to s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ def build_app(
     table: bool,
     app_id: str,
     poll_interval_s: float | None,
+    max_poll_records: int | None = None,
 ) -> faust.App:
     settings: dict[str, Any] = {
         "broker": f"kafka://{bootstrap}",
@@ -73,6 +74,8 @@ def build_app(
     }
     if poll_interval_s is not None:
         settings["broker_max_poll_interval"] = poll_interval_s
+    if max_poll_records is not None:
+        settings["broker_max_poll_records"] = max_poll_records
     app = faust.App(app_id, **settings)
     source = app.topic(topic, key_type=bytes, value_type=bytes, value_serializer="raw")
 
@@ -90,15 +93,15 @@ def build_app(
         counts = app.Table(TABLE_NAME, default=int, partitions=partitions)
 
         @app.agent(source)
-        async def count_per_key(stream: AsyncIterator[Any]) -> None:
-            async for key, _value in stream.items():  # type: ignore[attr-defined]
+        async def count_per_key(stream: faust.StreamT[bytes]) -> None:
+            async for key, _value in stream.items():
                 counts[key] += 1
                 tick()
 
     else:
 
         @app.agent(source)
-        async def read(stream: AsyncIterator[Any]) -> None:
+        async def read(stream: faust.StreamT[bytes]) -> None:
             async for _value in stream:
                 tick()
 
@@ -151,6 +154,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="broker_max_poll_interval in seconds (default: faust's own)",
     )
+    parser.add_argument(
+        "--max-poll-records",
+        type=int,
+        default=None,
+        help="broker_max_poll_records (default: faust's own, unbounded)",
+    )
     parser.add_argument("--progress-every", type=float, default=10.0, help="seconds")
     parser.add_argument("--loglevel", default="warning", help="faust/aiokafka log level")
     return parser.parse_args(argv)
@@ -164,7 +173,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.table:
         create_topic(args.bootstrap, f"{app_id}-{TABLE_NAME}-changelog", partitions)
     app = build_app(
-        args.bootstrap, args.topic, partitions, progress, args.table, app_id, args.poll_interval
+        args.bootstrap,
+        args.topic,
+        partitions,
+        progress,
+        args.table,
+        app_id,
+        args.poll_interval,
+        args.max_poll_records,
     )
     threading.Thread(
         target=watch, args=(progress, args.timeout, args.progress_every), daemon=True
@@ -176,10 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         redirect_stdouts=False,
         quiet=True,
     )
-    try:
+    with contextlib.suppress(SystemExit):
         worker.execute_from_commandline()
-    except SystemExit:
-        pass
     sys.exit(0 if progress.done else 1)
 
 
@@ -190,6 +204,7 @@ def run_naive_faust(
     table: bool,
     timeout_s: float,
     poll_interval_s: float | None = None,
+    max_poll_records: int | None = None,
 ) -> dict[str, float]:
     """Run the measurement in a subprocess and return its parsed result line."""
     command = [
@@ -209,6 +224,8 @@ def run_naive_faust(
         command.append("--table")
     if poll_interval_s is not None:
         command += ["--poll-interval", str(poll_interval_s)]
+    if max_poll_records is not None:
+        command += ["--max-poll-records", str(max_poll_records)]
     done = subprocess.run(
         command,
         capture_output=True,

@@ -1,0 +1,218 @@
+"""Shared fixtures: both databases, the embedded broker, settings, and the ingest API under uvicorn."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+import infra.webapp
+from infra.broker import EmbeddedBroker
+from infra.db import make_engine, migrate, session_factory
+from infra.settings import Settings
+
+PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+BROKER_PARTITIONS = 2
+"""Partitions of each catalogue topic on the session's broker (co-partitioned, like production)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # kafka-python 3 loads its protocol schemas with importlib.resources.read_text, whose inner
+    # open_text call warns from importlib's own module, which pyproject's "kafka.*" filter misses.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:open_text is deprecated:DeprecationWarning:importlib.resources._legacy",
+    )
+
+
+# --- databases -------------------------------------------------------------------------------
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A URL of an empty database: a SQLite file, or a fresh PostgreSQL schema dropped after.
+
+    The PostgreSQL schema is chosen with libpq's ``options=-csearch_path=...`` in the URL, so
+    every engine made from the URL (the app's own included) lands in it.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'engage.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex}"
+    admin = create_engine(PG_URL, poolclass=NullPool)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            # A test that left a transaction open must not hang the suite here.
+            connection.execute(text("SET LOCAL lock_timeout = '10s'"))
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on the test's database, migrated to the newest revision."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
+
+
+# --- the embedded broker ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One embedded Tansu broker for the whole run, with every catalogue topic created."""
+    from infra.topics import ensure_topics  # kafka-python: imported after pytest_configure
+
+    log_path = tmp_path_factory.mktemp("broker") / "broker.log"
+    with EmbeddedBroker(log_path=log_path) as embedded:
+        ensure_topics(embedded.bootstrap, BROKER_PARTITIONS)
+        yield embedded
+
+
+@pytest.fixture
+def tmp_topic(broker: EmbeddedBroker, request: pytest.FixtureRequest) -> Callable[..., str]:
+    """Factory of topics unique to this test: ``tmp_topic("relay")`` -> a new topic's name."""
+
+    def create(hint: str = "t", partitions: int = 1) -> str:
+        from kafka.admin import NewTopic
+
+        from infra.topics import admin_client
+
+        test = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:80]
+        name = f"test.{test}.{hint}.{uuid.uuid4().hex[:12]}"
+        admin = admin_client(broker.bootstrap)
+        try:
+            admin.create_topics([NewTopic(name, partitions, 1)])
+        finally:
+            admin.close()
+        return name
+
+    return create
+
+
+@pytest.fixture
+def group_id(request: pytest.FixtureRequest) -> str:
+    """A consumer group id no other test uses (so the group starts from the earliest offsets)."""
+    test = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:80]
+    return f"test-{test}-{uuid.uuid4().hex[:12]}"
+
+
+# --- settings and the ingest API -------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Any, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name in list(os.environ):
+        if name.upper().startswith("ENGAGE_"):
+            monkeypatch.delenv(name)
+    return Settings(
+        home=tmp_path,
+        database_url=database_url,
+        api_token="test-token",
+        identity_key="test-key",
+    )
+
+
+class _AppSlot:
+    """An ASGI app that forwards to the app of the test being run (uvicorn starts only once)."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.app is None:
+            raise RuntimeError("no app mounted: use the api fixture")
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture(scope="session")
+def _uvicorn() -> Iterator[tuple[str, _AppSlot]]:
+    """One real uvicorn server on a free loopback port, in a thread, for the whole run."""
+    slot = _AppSlot()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(slot, host="127.0.0.1", port=port, log_config=None, lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}", slot
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+    assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@pytest.fixture
+def api(
+    settings: Settings,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    _uvicorn: tuple[str, _AppSlot],
+) -> Iterator[str]:
+    """``infra.webapp.create_app(settings)`` served by uvicorn; yields its base URL.
+
+    ``engine`` has migrated the test's database first. The server is started once per run and
+    serves this test's freshly created app; the app's own engines are recorded so they can be
+    disposed of at teardown (the app has no shutdown hook of its own for them).
+    """
+    engines: list[Engine] = []
+    real_make_engine = infra.webapp.make_engine
+
+    def recording_make_engine(url: str, **kwargs: Any) -> Engine:
+        made = real_make_engine(url, **kwargs)
+        engines.append(made)
+        return made
+
+    monkeypatch.setattr(infra.webapp, "make_engine", recording_make_engine)
+    base_url, slot = _uvicorn
+    slot.app = infra.webapp.create_app(settings)
+    try:
+        _wait_for_health(base_url)
+        yield base_url
+    finally:
+        slot.app = None
+        for made in engines:
+            made.dispose()
+
+
+def _wait_for_health(base_url: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=base_url, trust_env=False, timeout=1.0) as client:
+        while True:
+            try:
+                if client.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{base_url}/health did not answer in {timeout_s}s")
+            time.sleep(0.02)

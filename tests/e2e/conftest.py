@@ -1,0 +1,107 @@
+"""Start `engage up` as a user would, in its own ENGAGE_HOME, and stop it at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+TOKEN = "e2e-token"
+
+
+@dataclass
+class Pipeline:
+    home: Path
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    @property
+    def run(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.home / "run.json").read_text())
+        return data
+
+    @property
+    def url(self) -> str:
+        return str(self.run["api_url"])
+
+    def cli(self, *args: str) -> Any:
+        out = subprocess.run(
+            [sys.executable, "-m", "infra.cli", *args],
+            env=self.env, capture_output=True, check=True, timeout=60,
+        )
+        return json.loads(out.stdout)
+
+    def post(self, events: list[dict[str, Any]]) -> httpx.Response:
+        return httpx.post(
+            f"{self.url}/v1/events/batch",
+            json={"events": events},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> float:
+        started = time.monotonic()
+        self.process.send_signal(sig)
+        self.process.wait(15)
+        return time.monotonic() - started
+
+
+def wait_for(check: Any, timeout_s: float, what: str, interval_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
+    env = {
+        **os.environ,
+        "ENGAGE_HOME": str(tmp_path / "home"),
+        "ENGAGE_API_PORT": "0",
+        "ENGAGE_API_TOKEN": TOKEN,
+        "ENGAGE_IDENTITY_KEY": "e2e-identity-key",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    env.pop("ENGAGE_KAFKA_BOOTSTRAP", None)
+    env.pop("ENGAGE_DATABASE_URL", None)
+    output = tmp_path / "up.out"
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "up"], env=env, stdout=out, stderr=out
+        )
+    pipe = Pipeline(tmp_path / "home", process, env)
+    try:
+        wait_for(lambda: (pipe.home / "run.json").exists() or process.poll() is not None,
+                 60, "engage up to start")
+        assert process.poll() is None, output.read_text()
+        yield pipe
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()

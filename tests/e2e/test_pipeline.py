@@ -1,0 +1,148 @@
+"""The whole pipeline started as a user starts it: events in over HTTP, nudges and tasks out."""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from producers.simulator import generate_events
+from tests.e2e.conftest import Pipeline, alive, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_events_posted_over_http_become_nudges_and_a_task(pipeline: Pipeline) -> None:
+    day = datetime(2026, 11, 2, 18, tzinfo=UTC)
+    person = {"email": "Ann.Jones@Example.org", "phone": "07911 123456", "first_name": "Ann"}
+    events = [
+        {"type": "supporter.signup", "event_time": day.isoformat(), "area": "Leeds",
+         "consent_email": True, "consent_sms": True, "consent_wording": "v1", **person},
+        {"type": "petition.signed", "event_time": (day + timedelta(hours=1)).isoformat(),
+         "petition_id": "leeds-library", "petition_title": "Save Leeds library", **person},
+        {"type": "event.attended", "event_time": (day + timedelta(days=3)).isoformat(),
+         "meeting_id": "leeds-nov", "meeting_title": "Leeds monthly", **person},
+    ]
+    response = pipeline.post(events)
+    assert response.status_code == 202, response.text
+    assert len(response.json()["accepted"]) == 3
+
+    def outbox() -> list[dict[str, Any]] | None:
+        rows: list[dict[str, Any]] = pipeline.cli("outbox", "--json")
+        return rows if len(rows) >= 2 else None
+
+    rows = wait_for(outbox, 90, "the welcome and thank-you emails in the outbox")
+    subjects = {r["subject"] for r in rows}
+    assert {r["to"] for r in rows} == {"ann.jones@example.org"}
+    assert any("Welcome" in s for s in subjects)
+    assert any("Thanks" in s or "Thank" in s for s in subjects)
+
+    tasks = wait_for(lambda: pipeline.cli("tasks", "--json"), 60, "the follow-up task")
+    assert len(tasks) == 1
+    assert tasks[0]["kind"] == "first_meeting_follow_up"
+    assert tasks[0]["supporter_id"].startswith("sup_")
+    due = datetime.fromisoformat(tasks[0]["due_at"])
+    assert due == day + timedelta(days=3, hours=48)
+
+    # The attended event came in the same batch, so whether the SMS invite fired depends on
+    # which topic the worker read first; the welcome and thank-you must exist exactly once.
+    assert len([r for r in rows if r["channel"] == "email"]) == 2
+
+
+def test_sigterm_stops_everything_within_ten_seconds(pipeline: Pipeline) -> None:
+    pids = pipeline.run["pids"]
+    assert set(pids) == {"api", "relay", "stream", "consume", "broker"}
+    took = pipeline.stop(signal.SIGTERM)
+    assert took < 10
+    left = [role for role, pid in pids.items() if alive(pid)]
+    assert left == [], f"processes left behind: {left}"
+    assert not (pipeline.home / "run.json").exists()
+
+
+def expected_outputs(events: list[dict[str, Any]]) -> tuple[set[str], set[str], set[str]]:
+    """Welcome per signer-up and first-meeting per attendee, keyed as the rules key them;
+    plus everyone who signed a petition and never attended (the SMS invite's audience)."""
+    from pydantic import TypeAdapter
+
+    from schemas.events import IngestEvent
+    from schemas.identity import supporter_id
+
+    adapter = TypeAdapter(IngestEvent)
+    welcome, attended, signed = set(), set(), set()
+    for raw in events:
+        event = adapter.validate_python(raw)
+        sid = supporter_id("e2e-identity-key", event.email, event.phone)
+        kind = raw["type"]
+        if kind == "supporter.signup":
+            welcome.add(sid)
+        elif kind == "event.attended":
+            attended.add(sid)
+        elif kind == "petition.signed":
+            signed.add(sid)
+    nudges = {f"welcome:{s}" for s in welcome} | {f"first-meeting-thanks:{s}" for s in attended}
+    tasks = {f"first-meeting-follow-up:{s}" for s in attended}
+    return nudges, tasks, {f"invite-signer:{s}" for s in signed - attended}
+
+
+def test_nothing_accepted_is_lost_when_each_process_is_killed(pipeline: Pipeline) -> None:
+    events = generate_events(150, seed=11, start=datetime.now(UTC) - timedelta(days=28))
+    chunks = [events[i : i + 60] for i in range(0, len(events), 60)]
+    victims = ["stream", "consume", "relay", "api", "broker", "stream"]
+    accepted = 0
+    for index, chunk in enumerate(chunks):
+        response = wait_for(lambda c=chunk: _try_post(pipeline, c), 60, "the API to answer")
+        assert response.status_code == 202, response.text
+        accepted += len(response.json()["accepted"])
+        if index < len(victims):
+            role = victims[index]
+            pid = pipeline.run["pids"][role]
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda r=role, p=pid: pipeline.run["pids"][r] != p, 30, f"{role} restart")
+    assert accepted == len(events)
+
+    want_nudges, want_tasks, invite_audience = expected_outputs(events)
+
+    def settled() -> dict[str, Any] | None:
+        status: dict[str, Any] = pipeline.cli("status", "--json")
+        nudges = status["nudges"]
+        done = (
+            status["ledger"] == {"events": len(events), "unpublished": 0}
+            and status["tasks"] == len(want_tasks)
+            and sum(nudges.values()) >= len(want_nudges)
+            and nudges.get("pending", 0) == 0
+            and status["consumer_lag"]["engage-consumers"] == 0
+        )
+        return status if done else None
+
+    try:
+        wait_for(settled, 180, "the pipeline to catch up after the kills", interval_s=2)
+    except AssertionError:
+        print(pipeline.cli("status", "--json"))
+        raise
+    tasks = {t["task_id"] for t in pipeline.cli("tasks", "--json", "--limit", "100000")}
+    assert tasks == want_tasks
+    outbox = pipeline.cli("outbox", "--json", "--limit", "100000")
+    sent_ids = [row["nudge_id"] for row in outbox]
+    assert len(sent_ids) == len(set(sent_ids)), "a nudge was sent twice"
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(pipeline.run["database_url"])
+    with engine.connect() as connection:
+        nudge_ids = set(connection.scalars(text("select nudge_id from nudges")))
+    assert want_nudges <= nudge_ids
+    invites = {n for n in nudge_ids if n.startswith("invite-signer:")}
+    extra = nudge_ids - want_nudges - invites
+    assert extra == set()
+    assert invites <= invite_audience | {f"invite-signer:{t.split(':')[1]}" for t in want_tasks}
+
+
+def _try_post(pipeline: Pipeline, chunk: list[dict[str, Any]]) -> Any:
+    import httpx
+
+    try:
+        return pipeline.post(chunk)
+    except (httpx.HTTPError, OSError, KeyError, ValueError):
+        return None

@@ -1,0 +1,487 @@
+"""The ingest API under uvicorn on both databases: 202s, the ledger, and clear 4xx that lose nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from infra.db import ConsentRecord, LedgerEvent, Supporter
+from schemas.identity import supporter_id
+
+TOKEN = "test-token"
+KEY = "test-key"
+WHEN = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
+
+
+@pytest.fixture
+def client(api: str) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=api, headers=headers, trust_env=False, timeout=30) as c:
+        yield c
+
+
+def signup(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "supporter.signup",
+        "event_id": str(uuid.uuid4()),
+        "event_time": WHEN.isoformat(),
+        "email": "  Jo.Bloggs@Example.ORG ",
+        "first_name": "Jo",
+        "postcode": "e2 7dj",
+        "area": "Tower Hamlets",
+        "consent_email": True,
+        "consent_wording": "2024-05",
+        **fields,
+    }
+
+
+def petition(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "petition.signed",
+        "event_id": str(uuid.uuid4()),
+        "event_time": WHEN.isoformat(),
+        "phone": "07911 123456",
+        "petition_id": "clean-air",
+        "petition_title": "Clean air for Bethnal Green",
+        **fields,
+    }
+
+
+def rsvp(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "event.rsvp",
+        "event_id": str(uuid.uuid4()),
+        "event_time": WHEN.isoformat(),
+        "email": "sam@example.org",
+        "meeting_id": "m-1",
+        "meeting_starts_at": (WHEN + timedelta(days=3)).isoformat(),
+        **fields,
+    }
+
+
+def attended(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "event.attended",
+        "event_id": str(uuid.uuid4()),
+        "event_time": WHEN.isoformat(),
+        "email": "sam@example.org",
+        "meeting_id": "m-1",
+        **fields,
+    }
+
+
+def ledger(sessions: sessionmaker[Session]) -> dict[str, LedgerEvent]:
+    with sessions() as session:
+        return {str(row.event_id): row for row in session.scalars(select(LedgerEvent))}
+
+
+def problem(response: httpx.Response) -> list[tuple[str, str]]:
+    return [(d["field"], d["reason"]) for d in response.json()["detail"]]
+
+
+def rejected(response: httpx.Response) -> dict[int, list[tuple[str, str]]]:
+    return {
+        r["index"]: [(e["field"], e["reason"]) for e in r["errors"]]
+        for r in response.json()["rejected"]
+    }
+
+
+# --- accepted --------------------------------------------------------------------------------
+
+
+def test_one_valid_event_is_committed_with_contact_and_consent(
+    client: httpx.Client, sessions: sessionmaker[Session]
+) -> None:
+    event = signup()
+    response = client.post("/v1/events", json=event)
+
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": [event["event_id"]], "duplicates": [], "rejected": []}
+    sid = supporter_id(KEY, "jo.bloggs@example.org", None)
+    (row,) = ledger(sessions).values()
+    assert (str(row.event_id), row.topic, row.key, row.published) == (
+        event["event_id"],
+        "supporter.signup",
+        sid,
+        False,
+    )
+    payload = json.loads(row.payload)
+    assert payload["supporter_id"] == sid
+    assert payload["email"] == "jo.bloggs@example.org"
+    assert payload["postcode"] == "E2 7DJ"
+    with sessions() as session:
+        person = session.get(Supporter, sid)
+        assert person is not None
+        assert (person.email, person.first_name, person.postcode, person.area) == (
+            "jo.bloggs@example.org",
+            "Jo",
+            "E2 7DJ",
+            "Tower Hamlets",
+        )
+        consent = session.scalars(select(ConsentRecord)).all()
+    assert [(c.supporter_id, c.channel, c.granted, c.wording_version) for c in consent] == [
+        (sid, "email", True, "2024-05")
+    ]
+    assert consent[0].recorded_at == WHEN
+    assert str(consent[0].event_id) == event["event_id"]
+
+
+def test_a_valid_batch_of_every_type_is_committed(
+    client: httpx.Client, sessions: sessionmaker[Session]
+) -> None:
+    events = [signup(consent_sms=True, phone="07911 123456"), petition(), rsvp(), attended()]
+    response = client.post("/v1/events/batch", json={"events": events})
+
+    assert response.status_code == 202, response.text
+    assert response.json()["accepted"] == [e["event_id"] for e in events]
+    rows = ledger(sessions)
+    assert {k: r.topic for k, r in rows.items()} == {e["event_id"]: e["type"] for e in events}
+    jo = supporter_id(KEY, "jo.bloggs@example.org", None)
+    by_phone = supporter_id(KEY, None, "+447911123456")
+    sam = supporter_id(KEY, "sam@example.org", None)
+    assert [rows[e["event_id"]].key for e in events] == [jo, by_phone, sam, sam]
+    with sessions() as session:
+        people = {s.supporter_id: s for s in session.scalars(select(Supporter))}
+        consent = {(c.supporter_id, c.channel) for c in session.scalars(select(ConsentRecord))}
+    assert set(people) == {jo, by_phone, sam}
+    assert people[jo].phone == "+447911123456"  # email wins the id; the phone is kept
+    assert people[by_phone].phone == "+447911123456"
+    assert consent == {(jo, "email"), (jo, "sms")}
+
+
+def test_a_repeated_event_id_is_reported_as_a_duplicate_and_stored_once(
+    client: httpx.Client, sessions: sessionmaker[Session]
+) -> None:
+    event = signup()
+    first = client.post("/v1/events", json=event)
+    again = client.post("/v1/events", json=event)
+    in_batch = client.post("/v1/events/batch", json={"events": [event, petition(), event]})
+
+    assert first.status_code == again.status_code == in_batch.status_code == 202
+    assert again.json() == {"accepted": [], "duplicates": [event["event_id"]], "rejected": []}
+    assert in_batch.json()["duplicates"] == [event["event_id"], event["event_id"]]
+    assert len(in_batch.json()["accepted"]) == 1
+    rows = ledger(sessions)
+    assert len(rows) == 2
+    with sessions() as session:
+        assert len(session.scalars(select(ConsentRecord)).all()) == 1
+
+
+# --- refused, nothing valid lost -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{", b"not json", b'{"events": [}', b"\xff\xfe\x00", b""],
+    ids=["unclosed", "words", "bad-array", "not-utf8", "empty"],
+)
+def test_malformed_json_is_400_naming_the_body(
+    client: httpx.Client, sessions: sessionmaker[Session], body: bytes
+) -> None:
+    for path in ("/v1/events", "/v1/events/batch"):
+        response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+
+        assert response.status_code == 400, path
+        ((field, reason),) = problem(response)
+        assert field == "body"
+        assert reason.startswith("malformed JSON: ")
+    assert ledger(sessions) == {}
+
+
+def _without(event: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in names}
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "reason"),
+    [
+        (_without(signup(), "event_time"), "events[1].event_time", "Field required"),
+        (_without(petition(), "petition_id"), "events[1].petition_id", "Field required"),
+        (_without(attended(), "meeting_id"), "events[1].meeting_id", "Field required"),
+        (_without(signup(), "email"), "events[1]", "an email or a phone is required"),
+        (_without(signup(), "type"), "events[1].type", "Unable to extract tag"),
+    ],
+    ids=["event_time", "petition_id", "meeting_id", "no-identity", "type"],
+)
+def test_missing_fields_are_422_named_by_index_and_the_valid_events_are_kept(
+    client: httpx.Client,
+    sessions: sessionmaker[Session],
+    bad: dict[str, Any],
+    field: str,
+    reason: str,
+) -> None:
+    good = [signup(), rsvp()]
+    response = client.post("/v1/events/batch", json={"events": [good[0], bad, good[1]]})
+
+    assert response.status_code == 422
+    assert response.json()["accepted"] == [e["event_id"] for e in good]
+    errors = rejected(response)
+    assert list(errors) == [1]
+    assert [f for f, _ in errors[1]] == [field]
+    assert reason in errors[1][0][1]
+    assert set(ledger(sessions)) == {e["event_id"] for e in good}
+
+
+FUTURE = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "reason"),
+    [
+        (signup(consent_email="maybe"), "consent_email", "valid boolean"),
+        (signup(event_time="yesterday"), "event_time", "valid datetime"),
+        (signup(event_time="2024-05-01T18:00:00"), "event_time", "timezone"),
+        (signup(event_time=FUTURE), "event_time", "in the future"),
+        (signup(event_id="not-a-uuid"), "event_id", "valid UUID"),
+        (signup(email="jo.example.org"), "email", "@-sign"),
+        (petition(phone="12345"), "phone", "not a valid phone number"),
+        (signup(postcode="XYZ 123"), "postcode", "not a UK postcode"),
+        (petition(petition_id=""), "petition_id", "at least 1 character"),
+        (signup(first_name="x" * 101), "first_name", "at most 100 characters"),
+        (signup(favourite_colour="red"), "favourite_colour", "Extra inputs are not permitted"),
+        (rsvp(meeting_starts_at="soon"), "meeting_starts_at", "valid datetime"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None,
+)
+def test_wrong_values_are_422_naming_the_field_and_reason(
+    client: httpx.Client,
+    sessions: sessionmaker[Session],
+    bad: dict[str, Any],
+    field: str,
+    reason: str,
+) -> None:
+    single = client.post("/v1/events", json=bad)
+    good = attended()
+    batch = client.post("/v1/events/batch", json={"events": [good, bad]})
+
+    assert single.status_code == batch.status_code == 422
+    assert rejected(single) == {0: [(field, rejected(single)[0][0][1])]}
+    assert reason in rejected(single)[0][0][1]
+    assert [f for f, _ in rejected(batch)[1]] == [f"events[1].{field}"]
+    assert batch.json()["accepted"] == [good["event_id"]]
+    assert set(ledger(sessions)) == {good["event_id"]}
+
+
+@pytest.mark.parametrize("kind", ["petition.unsigned", "", 7, None])
+def test_an_unknown_event_type_is_422_on_the_type_field(
+    client: httpx.Client, sessions: sessionmaker[Session], kind: object
+) -> None:
+    good = signup()
+    single = client.post("/v1/events", json=signup(type=kind))
+    batch = client.post("/v1/events/batch", json={"events": [signup(type=kind), good]})
+
+    assert single.status_code == batch.status_code == 422
+    assert [f for f, _ in rejected(single)[0]] == ["type"]
+    ((field, reason),) = rejected(batch)[0]
+    assert field == "events[0].type"
+    assert "tag" in reason
+    assert set(ledger(sessions)) == {good["event_id"]}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [([signup()], "a JSON object"), ({"events": "all"}, "list 'events'"), ({}, "list 'events'")],
+    ids=["list", "string", "missing"],
+)
+def test_a_batch_that_is_not_an_object_with_a_list_is_422(
+    client: httpx.Client, sessions: sessionmaker[Session], body: object, reason: str
+) -> None:
+    response = client.post("/v1/events/batch", json=body)
+
+    assert response.status_code == 422
+    ((field, text),) = problem(response)
+    assert field == "events"
+    assert reason in text
+    assert ledger(sessions) == {}
+
+
+def test_a_batch_of_more_than_max_batch_events_is_413(
+    client: httpx.Client, sessions: sessionmaker[Session]
+) -> None:
+    events = [petition() for _ in range(1001)]
+    response = client.post("/v1/events/batch", json={"events": events})
+
+    assert response.status_code == 413
+    assert problem(response) == [("events", "at most 1000 events a batch, got 1001")]
+    assert ledger(sessions) == {}
+
+
+def test_a_body_larger_than_the_limit_is_413(
+    client: httpx.Client, sessions: sessionmaker[Session]
+) -> None:
+    body = json.dumps({"events": [signup(petition_title="x" * 4_100_000)]})
+    response = client.post("/v1/events/batch", content=body)
+
+    assert response.status_code == 413
+    ((field, reason),) = problem(response)
+    assert (field, reason) == ("body", f"larger than {1000 * 4096} bytes")
+    assert ledger(sessions) == {}
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong-token", "Basic dGVzdC10b2tlbg==", "test-token", "Bearer", "Bearer  x"],
+    ids=["missing", "wrong", "basic", "no-scheme", "scheme-only", "two-spaces"],
+)
+def test_a_missing_or_wrong_token_is_401_and_records_nothing(
+    api: str, sessions: sessionmaker[Session], authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    for path, body in (("/v1/events", signup()), ("/v1/events/batch", {"events": [signup()]})):
+        response = httpx.post(api + path, json=body, headers=headers, trust_env=False)
+
+        assert response.status_code == 401, path
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert problem(response) == [("authorization", "a valid bearer token is required")]
+    assert ledger(sessions) == {}
+
+
+def test_the_token_scheme_is_case_insensitive(api: str, sessions: sessionmaker[Session]) -> None:
+    event = signup()
+    response = httpx.post(
+        api + "/v1/events",
+        json=event,
+        headers={"Authorization": f"bearer {TOKEN}"},
+        trust_env=False,
+    )
+
+    assert response.status_code == 202
+    assert set(ledger(sessions)) == {event["event_id"]}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "BUG: producers/api.py read_json passes the header token to secrets.compare_digest, "
+        "which raises TypeError for non-ASCII str; a token with a non-ASCII byte gets 500, not 401"
+    ),
+)
+def test_a_non_ascii_token_is_401_not_a_server_error(
+    api: str, sessions: sessionmaker[Session]
+) -> None:
+    response = httpx.post(
+        api + "/v1/events",
+        json=signup(),
+        headers={"Authorization": b"Bearer t\xe9st-token"},
+        trust_env=False,
+    )
+
+    assert response.status_code == 401
+    assert ledger(sessions) == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "BUG: producers/api.py read_json catches only JSONDecodeError/UnicodeDecodeError; "
+        "deeply nested JSON (well under the size limit) raises RecursionError -> 500, not 400"
+    ),
+)
+def test_deeply_nested_json_is_a_400_not_a_server_error(client: httpx.Client) -> None:
+    response = client.post("/v1/events", content=b"[" * 100_000 + b"]" * 100_000)
+
+    assert response.status_code == 400
+    assert problem(response)[0][0] == "body"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "BUG: schemas/events.py Normalising turns a non-string email/phone/postcode into None "
+        "instead of rejecting it, so a wrongly typed contact field is silently dropped and the "
+        "event is accepted without it"
+    ),
+)
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"email": 42}, "email"),
+        ({"email": ["jo@example.org"]}, "email"),
+        ({"phone": 7911123456}, "phone"),
+        ({"postcode": 27}, "postcode"),
+    ],
+    ids=["email-int", "email-list", "phone-int", "postcode-int"],
+)
+def test_a_wrongly_typed_contact_field_is_rejected_not_dropped(
+    client: httpx.Client, sessions: sessionmaker[Session], fields: dict[str, Any], field: str
+) -> None:
+    event = signup(**{"phone": "07911 123456", "email": "jo@example.org", **fields})
+    response = client.post("/v1/events/batch", json={"events": [event]})
+
+    assert response.status_code == 422
+    assert [f for f, _ in rejected(response)[0]] == [f"events[0].{field}"]
+    assert ledger(sessions) == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "BUG: producers/api.py _field drops every location part that contains a dot and starts "
+        "lower case (meant for the union tag), so an unknown key like 'utm.source' is reported "
+        "as 'events[1]' instead of 'events[1].utm.source'"
+    ),
+)
+def test_an_unknown_key_with_a_dot_is_named(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/events/batch", json={"events": [signup(), signup(**{"utm.source": "x"})]}
+    )
+
+    assert response.status_code == 422
+    assert [f for f, _ in rejected(response)[1]] == ["events[1].utm.source"]
+
+
+# --- documentation ---------------------------------------------------------------------------
+
+
+def test_openapi_documents_the_ingest_paths_and_the_event_schema(client: httpx.Client) -> None:
+    response = client.get("/openapi.json")
+
+    assert response.status_code == 200
+    spec = response.json()
+    assert {"/v1/events", "/v1/events/batch"} <= set(spec["paths"])
+    single = spec["paths"]["/v1/events"]["post"]
+    batch = spec["paths"]["/v1/events/batch"]["post"]
+    assert single["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/IngestEvent"
+    }
+    assert batch["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/IngestBatch"
+    }
+    assert {"202", "400", "401", "413", "422"} <= set(single["responses"])
+    schemas = spec["components"]["schemas"]
+    ingest = schemas["IngestEvent"]
+    assert ingest["discriminator"]["propertyName"] == "type"
+    assert set(ingest["discriminator"]["mapping"]) == {
+        "supporter.signup",
+        "petition.signed",
+        "event.rsvp",
+        "event.attended",
+    }
+    for ref in ingest["discriminator"]["mapping"].values():
+        name = ref.rsplit("/", 1)[-1]
+        assert {"event_id", "event_time", "email", "phone"} <= set(schemas[name]["properties"])
+    assert "consent_email" in schemas["SignupIn"]["properties"]
+    assert "petition_id" in schemas["PetitionIn"]["required"]
+    assert schemas["IngestBatch"]["properties"]["events"]["items"] == {
+        "$ref": "#/components/schemas/IngestEvent"
+    }
+
+
+def test_the_docs_page_answers(client: httpx.Client) -> None:
+    response = client.get("/docs")
+
+    assert response.status_code == 200
+    assert "text/html" in response.headers["content-type"]
+    assert "/openapi.json" in response.text

@@ -1,0 +1,235 @@
+"""The consumers' repository on SQLite and PostgreSQL: idempotent writes, one claimer, consent."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from consumers.repository import (
+    claim_nudge,
+    has_consent,
+    list_tasks,
+    pending_nudge_ids,
+    store_nudges,
+    store_tasks,
+)
+from infra.db import ConsentRecord, FollowUpTask, Nudge
+from schemas.events import NudgeRequested, TaskCreated
+
+SID = "sup_" + "d" * 32
+T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def nudge(key: str = "welcome", supporter: str = SID, **fields: object) -> NudgeRequested:
+    values: dict[str, object] = {
+        "event_time": T0,
+        "nudge_id": f"{key}:{supporter}",
+        "supporter_id": supporter,
+        "channel": "email",
+        "template": "welcome",
+        "rule": key,
+        "cause_event_id": uuid.uuid4(),
+        "context": {"area": "Hackney"},
+    }
+    return NudgeRequested.model_validate({**values, **fields})
+
+
+def task(supporter: str = SID, due: datetime = T0 + timedelta(hours=48)) -> TaskCreated:
+    return TaskCreated(
+        event_time=T0,
+        task_id=f"first-meeting-follow-up:{supporter}",
+        supporter_id=supporter,
+        kind="first_meeting_follow_up",
+        reason="Came to a first meeting",
+        due_at=due,
+        area="Hackney",
+        rule="first-meeting",
+        cause_event_id=uuid.uuid4(),
+    )
+
+
+def count(sessions: sessionmaker[Session], model: type) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_store_nudges_is_idempotent_on_the_nudge_id(sessions: sessionmaker[Session]) -> None:
+    first, other = nudge("welcome"), nudge("invite-signer", channel="sms")
+    redelivered = nudge("welcome", template="something-else")  # same key, new cause
+
+    with sessions.begin() as session:
+        assert store_nudges(session, [first, other]) == 2
+    with sessions.begin() as session:
+        assert store_nudges(session, [redelivered, first]) == 0
+    with sessions.begin() as session:
+        assert store_nudges(session, []) == 0
+
+    assert count(sessions, Nudge) == 2
+    with sessions() as session:
+        row = session.get(Nudge, first.nudge_id)
+        assert row is not None
+        assert (row.status, row.template, row.cause_event_id) == (
+            "pending",
+            "welcome",
+            first.cause_event_id,
+        )
+        assert row.context == {"area": "Hackney"}
+        assert row.requested_at == T0
+        assert set(pending_nudge_ids(session, 10)) == {first.nudge_id, other.nudge_id}
+
+
+def test_a_batch_repeating_a_nudge_stores_it_once(sessions: sessionmaker[Session]) -> None:
+    first = nudge("welcome")
+    with sessions.begin() as session:
+        assert store_nudges(session, [first, nudge("welcome"), first]) == 1
+    assert count(sessions, Nudge) == 1
+
+
+def test_store_tasks_is_idempotent_on_the_task_id(sessions: sessionmaker[Session]) -> None:
+    jo, sam = task(), task("sup_" + "e" * 32, due=T0 + timedelta(hours=1))
+
+    with sessions.begin() as session:
+        assert store_tasks(session, [jo, sam, jo]) == 2
+    with sessions.begin() as session:
+        assert store_tasks(session, [task(), sam]) == 0
+
+    assert count(sessions, FollowUpTask) == 2
+    with sessions() as session:
+        listed = list_tasks(session, 10)
+    assert [t["task_id"] for t in listed] == [sam.task_id, jo.task_id]  # by due time
+    assert listed[1]["due_at"] == (T0 + timedelta(hours=48)).isoformat()
+    assert {t["status"] for t in listed} == {"open"}
+
+
+def test_claim_nudge_moves_pending_to_sending_once(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        store_nudges(session, [nudge()])
+    nudge_id = f"welcome:{SID}"
+
+    with sessions.begin() as session:
+        claimed = claim_nudge(session, nudge_id)
+        assert claimed is not None and claimed.status == "sending"
+    with sessions.begin() as session:
+        assert claim_nudge(session, nudge_id) is None
+        assert claim_nudge(session, "no-such-nudge") is None
+        assert pending_nudge_ids(session, 10) == []
+
+
+def test_of_two_racing_claimers_exactly_one_wins(
+    engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    """Two connections: the first claims and holds its transaction open; the second's claim
+    blocks on the row (or the SQLite write lock) until the first commits, then finds it taken."""
+    with sessions.begin() as session:
+        store_nudges(session, [nudge()])
+    nudge_id = f"welcome:{SID}"
+    results: dict[str, object] = {}
+
+    def second_claimer() -> None:
+        try:
+            with sessions.begin() as session:
+                results["second"] = claim_nudge(session, nudge_id)
+        except Exception as exc:  # surfaced below
+            results["error"] = exc
+
+    with sessions.begin() as first:
+        results["first"] = claim_nudge(first, nudge_id)
+        racer = threading.Thread(target=second_claimer)
+        racer.start()
+        racer.join(0.5)
+        assert racer.is_alive(), "the second claim should wait for the first transaction"
+    racer.join(30)
+
+    assert not racer.is_alive()
+    assert "error" not in results, results.get("error")
+    assert results["first"] is not None
+    assert results["second"] is None
+    with sessions() as session:
+        row = session.get(Nudge, nudge_id)
+        assert row is not None and row.status == "sending"
+
+
+@pytest.mark.parametrize("claimers", [2, 8])
+def test_many_threads_racing_for_one_nudge_yield_one_winner(
+    sessions: sessionmaker[Session], claimers: int
+) -> None:
+    with sessions.begin() as session:
+        store_nudges(session, [nudge()])
+    nudge_id = f"welcome:{SID}"
+    start = threading.Barrier(claimers)
+    wins: list[bool] = []
+    errors: list[BaseException] = []
+
+    def claimer() -> None:
+        try:
+            start.wait(10)
+            with sessions.begin() as session:
+                wins.append(claim_nudge(session, nudge_id) is not None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer) for _ in range(claimers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert sorted(wins) == [False] * (claimers - 1) + [True]
+
+
+def _consent(
+    session: Session, granted: bool, at: datetime, channel: str = "email", who: str = SID
+) -> None:
+    session.add(
+        ConsentRecord(
+            supporter_id=who,
+            channel=channel,
+            granted=granted,
+            source="test",
+            recorded_at=at,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [
+        ([], False),
+        ([(True, 0)], True),
+        ([(False, 0)], False),
+        ([(True, 0), (False, 1)], False),
+        ([(True, 0), (False, 1), (True, 2)], True),
+        # inserted newest first: the time decides, not the insertion order
+        ([(False, 5), (True, 1)], False),
+        ([(True, 5), (False, 1)], True),
+    ],
+    ids=["none", "granted", "withdrawn", "then-withdrawn", "re-granted", "late-old", "late-grant"],
+)
+def test_has_consent_follows_the_newest_record(
+    sessions: sessionmaker[Session], records: list[tuple[bool, int]], expected: bool
+) -> None:
+    with sessions.begin() as session:
+        for granted, hours in records:
+            _consent(session, granted, T0 + timedelta(hours=hours))
+        # Noise that must not count: another channel, another supporter.
+        _consent(session, not expected, T0 + timedelta(days=9), channel="sms")
+        _consent(session, not expected, T0 + timedelta(days=9), who="sup_" + "f" * 32)
+
+    with sessions() as session:
+        assert has_consent(session, SID, "email") is expected
+
+
+def test_has_consent_breaks_a_time_tie_by_the_later_record(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        _consent(session, True, T0)
+        _consent(session, False, T0)
+    with sessions() as session:
+        assert has_consent(session, SID, "email") is False

@@ -1,0 +1,263 @@
+"""Identity normalisation, the keyed supporter id, and the topic models' schemas and checks."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.catalogue import INPUT_TOPICS, TOPICS, topic_spec
+from schemas.events import (
+    EVENT_TYPES,
+    INGEST_TO_TOPIC,
+    EventAttended,
+    PetitionIn,
+    PetitionSigned,
+    SignupIn,
+    SupporterSignup,
+    event_model,
+)
+from schemas.identity import normalise_email, normalise_phone, supporter_id
+
+WHEN = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+SID = "sup_" + "c" * 32
+
+
+# --- normalisation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("jo@example.org", "jo@example.org"),
+        ("Jo.Bloggs@Example.ORG", "jo.bloggs@example.org"),
+        ("  JO@EXAMPLE.ORG\t", "jo@example.org"),
+        ("\njo+news@example.co.uk ", "jo+news@example.co.uk"),
+    ],
+)
+def test_emails_are_trimmed_and_lower_cased(raw: str, expected: str) -> None:
+    assert normalise_email(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("jo.example.org", "@-sign"),
+        ("jo@", "after the @-sign"),
+        ("@example.org", "before the @-sign"),
+        ("jo@example", "period"),
+        ("jo@example..org", "two periods"),
+        ("jo bloggs@example.org", "invalid characters"),
+        ("", "@-sign"),
+    ],
+)
+def test_invalid_emails_raise_with_a_reason(raw: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        normalise_email(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "07911 123456",
+        "07911123456",
+        "+44 7911 123456",
+        "+447911123456",
+        "0044 7911 123456",
+        "(07911) 123-456",
+        "+44 (0)7911 123456",
+        " 07911-123-456 ",
+    ],
+)
+def test_uk_mobile_formats_become_e164(raw: str) -> None:
+    assert normalise_phone(raw) == "+447911123456"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("020 7946 0018", "+442079460018"),
+        ("0161 496 0000", "+441614960000"),
+        ("+1 202 555 0143", "+12025550143"),
+    ],
+)
+def test_landlines_and_foreign_numbers_become_e164(raw: str, expected: str) -> None:
+    assert normalise_phone(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("12345", "not a valid phone number"),
+        ("07911 12345", "not a valid phone number"),
+        ("+44 20", "not a valid phone number"),
+        ("hello", "not a phone number"),
+        ("", "not a phone number"),
+    ],
+)
+def test_invalid_phones_raise_with_a_reason(raw: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=f"^{reason}"):
+        normalise_phone(raw)
+
+
+# --- supporter id -----------------------------------------------------------------------------
+
+
+def test_the_supporter_id_is_stable_and_shaped() -> None:
+    first = supporter_id("k", "jo@example.org", None)
+
+    assert first == supporter_id("k", "jo@example.org", None)
+    assert re.fullmatch(r"sup_[0-9a-f]{32}", first)
+
+
+def test_the_supporter_id_is_keyed() -> None:
+    assert supporter_id("key-1", "jo@example.org", None) != supporter_id(
+        "key-2", "jo@example.org", None
+    )
+    assert supporter_id("key-1", None, "+447911123456") != supporter_id(
+        "key-2", None, "+447911123456"
+    )
+
+
+def test_email_is_preferred_over_phone() -> None:
+    by_email = supporter_id("k", "jo@example.org", None)
+    by_phone = supporter_id("k", None, "+447911123456")
+
+    assert supporter_id("k", "jo@example.org", "+447911123456") == by_email
+    assert supporter_id("k", "jo@example.org", "+447700000000") == by_email
+    assert by_email != by_phone
+
+
+def test_different_people_get_different_ids() -> None:
+    ids = {
+        supporter_id("k", "jo@example.org", None),
+        supporter_id("k", "sam@example.org", None),
+        supporter_id("k", None, "+447911123456"),
+        supporter_id("k", None, "+447911123457"),
+    }
+    assert len(ids) == 4
+
+
+def test_an_id_needs_an_email_or_a_phone() -> None:
+    with pytest.raises(ValueError, match="an email or a phone"):
+        supporter_id("k", None, None)
+    with pytest.raises(ValueError, match="an email or a phone"):
+        supporter_id("k", "", "")
+
+
+def test_normalised_forms_of_one_address_give_one_id() -> None:
+    ids = {
+        supporter_id("k", normalise_email(raw), None)
+        for raw in ("Jo@Example.org", " jo@example.ORG ", "jo@example.org")
+    }
+    phones = {
+        supporter_id("k", None, normalise_phone(raw))
+        for raw in ("07911 123456", "+44 7911 123456", "0044 7911 123456")
+    }
+    assert len(ids) == len(phones) == 1
+
+
+# --- catalogue and JSON Schema ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", TOPICS, ids=lambda s: s.name)
+def test_every_topic_model_exports_a_json_schema_with_its_fields(spec: Any) -> None:
+    schema = spec.model.model_json_schema()
+
+    assert schema["type"] == "object"
+    assert set(schema["properties"]) == set(spec.model.model_fields)
+    required = {n for n, f in spec.model.model_fields.items() if f.is_required()}
+    assert set(schema.get("required", [])) == required
+    assert {"event_id", "event_time", "type"} <= set(schema["properties"])
+    assert schema["properties"]["type"].get("const", schema["properties"]["type"].get("default"))
+    assert schema.get("additionalProperties") is False
+    assert spec.key in schema["properties"]
+
+
+@pytest.mark.parametrize("spec", TOPICS, ids=lambda s: s.name)
+def test_the_catalogue_matches_the_models(spec: Any) -> None:
+    assert spec.model.topic == spec.name
+    assert topic_spec(spec.name) is spec
+    assert event_model(spec.name) is spec.model
+    assert spec.configs()["cleanup.policy"] in ("delete", "compact")
+    assert spec.model.model_fields["type"].default == spec.name
+
+
+def test_the_input_topics_and_the_ingest_models_line_up() -> None:
+    assert set(INPUT_TOPICS) == {m.topic for m in INGEST_TO_TOPIC.values()}
+    assert set(EVENT_TYPES) == {spec.name for spec in TOPICS}
+    with pytest.raises(KeyError):
+        topic_spec("no.such.topic")
+    with pytest.raises(ValueError, match="unknown event type"):
+        event_model("no.such.topic")
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["Jo@example.org", "jo@Example.org", "JO@EXAMPLE.ORG", "jo example@x.org", "jo@@x.org"],
+)
+def test_topic_models_reject_un_normalised_emails(email: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        SupporterSignup(event_time=WHEN, supporter_id=SID, email=email)
+    assert [e["loc"] for e in caught.value.errors()] == [("email",)]
+
+
+@pytest.mark.parametrize("phone", ["07911 123456", "07911123456", "+44 7911 123456", "+0123"])
+def test_topic_models_reject_un_normalised_phones(phone: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        PetitionSigned(event_time=WHEN, supporter_id=SID, phone=phone, petition_id="p")
+    assert [e["loc"] for e in caught.value.errors()] == [("phone",)]
+
+
+def test_topic_models_accept_normalised_contacts_and_key_by_supporter() -> None:
+    event = EventAttended(
+        event_time=WHEN,
+        supporter_id=SID,
+        email="jo@example.org",
+        phone="+447911123456",
+        postcode="E2 7DJ",
+        meeting_id="m-1",
+    )
+    assert event.key() == SID
+    assert EventAttended.model_validate_json(event.model_dump_json()) == event
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"supporter_id": "sup_123"},
+        {"supporter_id": "SUP_" + "c" * 32},
+        {"event_time": datetime(2025, 1, 1)},
+        {"postcode": "e2 7dj"},
+        {"email": None, "phone": None},
+        {"unexpected": 1},
+    ],
+    ids=["short-id", "upper-id", "naive-time", "lower-postcode", "no-contact", "extra"],
+)
+def test_topic_models_reject_other_bad_values(fields: dict[str, Any]) -> None:
+    base: dict[str, Any] = {"event_time": WHEN, "supporter_id": SID, "email": "jo@example.org"}
+    with pytest.raises(ValidationError):
+        SupporterSignup(**{**base, **fields})
+
+
+def test_ingest_models_normalise_what_people_type() -> None:
+    signup = SignupIn(
+        event_time=WHEN,
+        email=" Jo@Example.ORG ",
+        phone="07911 123456",
+        postcode=" e27dj ",
+        event_id=uuid.UUID(int=1),
+    )
+    assert (signup.email, signup.phone, signup.postcode) == (
+        "jo@example.org",
+        "+447911123456",
+        "E2 7DJ",
+    )
+    blank = PetitionIn(event_time=WHEN, email="jo@example.org", phone="  ", petition_id="p")
+    assert blank.phone is None
+    with pytest.raises(ValidationError, match="not a UK postcode"):
+        SignupIn(event_time=WHEN, email="jo@example.org", postcode="12345")
