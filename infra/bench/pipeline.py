@@ -1,0 +1,179 @@
+"""The spine's own figures: stream-stage throughput, and API-to-nudge latency at a steady rate."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaProducer
+from pydantic import TypeAdapter
+from sqlalchemy import select
+
+from infra.db import FollowUpTask, LedgerEvent, Nudge
+from infra.processes import Supervisor
+from infra.settings import Settings
+from producers.simulator import generate_events
+from schemas.events import INGEST_TO_TOPIC, Event, IngestEvent
+from schemas.identity import supporter_id
+from streams.worker import StreamWorker
+
+_INGEST: TypeAdapter[Any] = TypeAdapter(IngestEvent)
+
+
+def topic_events(count: int, seed: int = 5, key: str = "bench-key") -> list[Event]:
+    """About ``count`` realistic input events, as they appear on the input topics."""
+    raw = generate_events(max(count // 3, 1), seed=seed)
+    events: list[Event] = []
+    for payload in raw[:count]:
+        parsed = _INGEST.validate_python(payload)
+        fields = parsed.model_dump()
+        fields["supporter_id"] = supporter_id(key, parsed.email, parsed.phone)
+        events.append(INGEST_TO_TOPIC[type(parsed)].model_validate(fields))
+    return events
+
+
+async def _fill(bootstrap: str, events: list[Event]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(e.topic, value=e.model_dump_json().encode(), key=e.key().encode())
+            for e in events
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _drain(worker: StreamWorker, count: int, timeout_s: float) -> dict[str, float]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    started = time.perf_counter()
+    first: float | None = None
+    try:
+        while worker.processed < count:
+            if task.done():
+                task.result()
+            if first is None and worker.processed:
+                first = time.perf_counter()
+            if time.perf_counter() - started > timeout_s:
+                raise TimeoutError(f"stream stage did {worker.processed}/{count} in {timeout_s}s")
+            await asyncio.sleep(0.01)
+        finished = time.perf_counter()
+    finally:
+        stop.set()
+        await task
+    assert first is not None
+    return {"seconds": finished - first, "join_s": first - started}
+
+
+def pipeline_throughput(bootstrap: str, count: int, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Events/s of the stream stage (parse, score, rules, publish outputs, commit) over
+    ``count`` input events already on the catalogue's input topics; group join excluded."""
+    events = topic_events(count)
+    asyncio.run(_fill(bootstrap, events))
+    worker = StreamWorker(bootstrap, 90.0, group_id=f"bench-pipeline-{uuid.uuid4().hex[:8]}")
+    timing = asyncio.run(_drain(worker, len(events), timeout_s))
+    return {
+        "pipeline": round(len(events) / timing["seconds"]),
+        "pipeline_events": len(events),
+        "pipeline_join_s": round(timing["join_s"], 1),
+    }
+
+
+def _post_steadily(url: str, token: str, events: list[dict[str, Any]], rate: float) -> int:
+    """Post ``events`` at ``rate`` events/s in batches of 25; return how many were accepted."""
+    batch, accepted = 25, 0
+    interval = batch / rate
+    started = time.perf_counter()
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+        for n, i in enumerate(range(0, len(events), batch)):
+            delay = started + n * interval - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            response = client.post("/v1/events/batch", json={"events": events[i : i + batch]})
+            response.raise_for_status()
+            accepted += len(response.json()["accepted"])
+    return accepted
+
+
+def latency(seconds: float, rate: float = 500.0, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Milliseconds from an event's acceptance by the API (its ledger commit) to the nudge or
+    task it caused being written, for traffic posted at a steady ``rate`` events/s, through
+    the whole pipeline as `engage up` runs it."""
+    with tempfile.TemporaryDirectory(prefix="engage-bench-") as home:
+        settings = Settings(home=Path(home), api_port=0, log_json=True)
+        supervisor = Supervisor(settings)
+        supervisor.start()
+        try:
+            wanted = int(seconds * rate)
+            start = datetime.now(UTC) - timedelta(days=28)
+            events = generate_events(max(wanted // 3, 1), seed=9, start=start)[:wanted]
+            token = settings.secret("api_token")
+            _wait_until_consuming(supervisor, token)
+            accepted = _post_steadily(supervisor.api_url, token, events, rate)
+            samples = _collect_latencies(supervisor, accepted, timeout_s)
+        finally:
+            supervisor.stop()
+    samples.sort()
+    return {
+        "latency_events": accepted,
+        "latency_samples": len(samples),
+        "latency_ms_p50": round(statistics.median(samples), 1),
+        "latency_ms_p99": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 1),
+        "latency_rate": rate,
+    }
+
+
+def _wait_until_consuming(supervisor: Supervisor, token: str, timeout_s: float = 60.0) -> None:
+    """Post one warm-up signup and wait for its nudge, so group joins are not measured."""
+    warm = {
+        "type": "supporter.signup",
+        "event_time": datetime.now(UTC).isoformat(),
+        "email": f"warm-up-{uuid.uuid4().hex[:8]}@example.org",
+    }
+    httpx.post(
+        f"{supervisor.api_url}/v1/events/batch",
+        json={"events": [warm]},
+        headers={"Authorization": f"Bearer {token}"},
+    ).raise_for_status()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with supervisor.sessions() as session:
+            if session.scalar(select(Nudge.nudge_id).limit(1)):
+                return
+        time.sleep(0.2)
+    raise TimeoutError("the pipeline did not answer the warm-up event")
+
+
+def _collect_latencies(supervisor: Supervisor, accepted: int, timeout_s: float) -> list[float]:
+    deadline = time.monotonic() + timeout_s
+    samples: list[float] = []
+    previous = -1
+    while time.monotonic() < deadline:
+        with supervisor.sessions() as session:
+            accepted_at = dict(session.execute(select(LedgerEvent.event_id, LedgerEvent.accepted_at)).all())
+            written = [
+                *session.execute(select(Nudge.cause_event_id, Nudge.created_at)).all(),
+                *session.execute(select(FollowUpTask.cause_event_id, FollowUpTask.created_at)).all(),
+            ]
+        samples = [
+            (created - accepted_at[cause]).total_seconds() * 1000
+            for cause, created in written
+            if cause in accepted_at
+        ]
+        if len(samples) == previous and len(accepted_at) >= accepted:
+            break  # nothing new for a while: the pipeline has drained
+        previous = len(samples)
+        time.sleep(2.0)
+    return samples
+
+

@@ -1,0 +1,168 @@
+"""Load and soak the whole pipeline as `engage up` runs it, on the embedded broker.
+
+    python scripts/soak.py --events 100000            # the 100,000-event load, as fast as taken
+    python scripts/soak.py --minutes 10 --rate 250    # the 10-minute soak at a steady rate
+    python scripts/soak.py --minutes 10 --rate 250 --restart-stream-every 120
+
+Bounded in time and count, loopback only. Prints one JSON object: what was sent, accepted,
+published, processed, written; lag at the end; rebalances seen; restarts; and whether every
+check held (no stall, no lost event, nothing acted on twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage  # noqa: E402
+from infra.processes import Supervisor  # noqa: E402
+from infra.settings import Settings  # noqa: E402
+from infra.status import pipeline_status  # noqa: E402
+from producers.simulator import generate_events  # noqa: E402
+
+
+def post_all(url: str, token: str, events: list[dict[str, Any]], rate: float | None,
+             deadline: float, batch: int) -> int:
+    accepted = 0
+    started = time.monotonic()
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
+                      timeout=60) as client:
+        for n, i in enumerate(range(0, len(events), batch)):
+            if time.monotonic() > deadline:
+                break
+            if rate:
+                delay = started + n * batch / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            for attempt in range(30):
+                try:
+                    response = client.post("/v1/events/batch",
+                                           json={"events": events[i : i + batch]})
+                    response.raise_for_status()
+                    break
+                except httpx.HTTPError:
+                    if attempt == 29:
+                        raise
+                    time.sleep(1.0)
+            accepted += len(response.json()["accepted"]) + len(response.json()["duplicates"])
+    return accepted
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=0, help="how many events (0: by time)")
+    parser.add_argument("--minutes", type=float, default=0, help="send for this long")
+    parser.add_argument("--rate", type=float, default=None, help="events per second")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--restart-stream-every", type=float, default=0, help="seconds")
+    parser.add_argument("--drain-timeout", type=float, default=600)
+    args = parser.parse_args()
+    if not args.events and not args.minutes:
+        parser.error("give --events or --minutes")
+    count = args.events or int(args.minutes * 60 * (args.rate or 300))
+    send_for = args.minutes * 60 if args.minutes else 3600
+
+    events = generate_events(max(count // 3, 1), seed=21,
+                             start=datetime.now(UTC) - timedelta(days=28))[:count]
+    with tempfile.TemporaryDirectory(prefix="engage-soak-") as home:
+        settings = Settings(home=Path(home), api_port=0, log_json=True)
+        supervisor = Supervisor(settings)
+        supervisor.start()
+        token = settings.secret("api_token")
+        stop = threading.Event()
+        restarts = 0
+
+        def restarter() -> None:
+            nonlocal restarts
+            while not stop.wait(args.restart_stream_every):
+                os.kill(supervisor.children["stream"].process.pid, signal.SIGTERM)
+                restarts += 1
+
+        watcher = threading.Thread(target=supervisor.watch, args=(stop,), daemon=True)
+        watcher.start()
+        if args.restart_stream_every:
+            threading.Thread(target=restarter, daemon=True).start()
+        started = time.monotonic()
+        try:
+            accepted = post_all(supervisor.api_url, token, events, args.rate,
+                                started + send_for, args.batch)
+            sent_s = time.monotonic() - started
+            stop.set()
+            result = drain(supervisor, accepted, args.drain_timeout)
+        finally:
+            stop.set()
+            watcher.join(5)
+            supervisor.stop()
+        rebalances = sum(
+            line.count('"stream.assigned"')
+            for line in (Path(home) / "logs" / "stream.log").read_text().splitlines()
+        )
+    report = {
+        "events_sent": accepted,
+        "send_seconds": round(sent_s, 1),
+        "ingest_rate": round(accepted / sent_s),
+        "stream_restarts_forced": restarts,
+        "stream_assignments_seen": rebalances,
+        **result,
+    }
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
+def drain(supervisor: Supervisor, accepted: int, timeout_s: float) -> dict[str, Any]:
+    """Wait until every accepted event is published and processed and every output written."""
+    started = time.monotonic()
+    status: dict[str, Any] = {}
+    while time.monotonic() - started < timeout_s:
+        status = pipeline_status(supervisor.bootstrap, supervisor.sessions)
+        inputs = sum(status["topics"][t] for t in
+                     ("supporter.signup", "petition.signed", "event.rsvp", "event.attended"))
+        if (status["ledger"]["unpublished"] == 0 and inputs >= accepted
+                and not any(status["consumer_lag"].values())
+                and status["nudges"].get("pending", 0) == 0):
+            break
+        time.sleep(2)
+    with supervisor.sessions() as session:
+        ledger = session.scalar(select(func.count()).select_from(LedgerEvent))
+        nudges = session.scalar(select(func.count()).select_from(Nudge))
+        outbox = session.scalar(select(func.count()).select_from(OutboxMessage))
+        distinct_outbox = session.scalar(select(func.count(func.distinct(OutboxMessage.nudge_id))))
+        tasks = session.scalar(select(func.count()).select_from(FollowUpTask))
+        sent = session.scalar(select(func.count()).select_from(Nudge).where(Nudge.status == "sent"))
+    scored = status["topics"].get("engagement.scored", 0)
+    ok = (
+        ledger == accepted
+        and status["ledger"]["unpublished"] == 0
+        and not any(status["consumer_lag"].values())
+        and scored >= accepted
+        and outbox == distinct_outbox == sent
+    )
+    return {
+        "drain_seconds": round(time.monotonic() - started, 1),
+        "ledger_events": ledger,
+        "topics": status["topics"],
+        "consumer_lag": status["consumer_lag"],
+        "nudges": nudges,
+        "nudges_sent": sent,
+        "outbox_rows": outbox,
+        "tasks": tasks,
+        "ok": ok,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
