@@ -11,10 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from consumers.messages import OutgoingMessage, Sender, SendError
 from consumers.rendering import TemplateBook
 from consumers.repository import (
-    claim_nudge,
+    claim_pending,
     contact,
     has_consent,
-    pending_nudge_ids,
     write_outbox,
 )
 from infra.db import Nudge
@@ -39,40 +38,55 @@ class Dispatcher:
     public_url: str
 
     def dispatch_pending(self, limit: int = 500) -> int:
-        with self.sessions() as session:
-            ids = pending_nudge_ids(session, limit)
-        for nudge_id in ids:
-            self.dispatch(nudge_id)
-        return len(ids)
+        """Claim and send up to ``limit`` pending nudges; return how many were claimed."""
+        return len(self._dispatch(limit, None))
 
     def dispatch(self, nudge_id: str) -> str | None:
+        """Send one nudge; its final status, or None when it was not pending."""
+        statuses = self._dispatch(1, [nudge_id])
+        return statuses[0] if statuses else None
+
+    def _dispatch(self, limit: int, nudge_ids: list[str] | None) -> list[str]:
+        """Outbox sends, skips and failures to render are settled in the claiming
+        transaction; provider sends happen after it commits, each result in its own."""
+        to_send: list[tuple[str, Sender, OutgoingMessage]] = []
+        statuses: dict[str, str] = {}
         with self.sessions.begin() as session:
-            nudge = claim_nudge(session, nudge_id)
-            if nudge is None:
-                return None
-            message, reason = self._prepare(session, nudge)
-            if message is None:
-                nudge.status, nudge.reason = "skipped", reason
-                return self._done(nudge)
-            sender = self.senders.get(nudge.channel)
-            if sender is None:
-                write_outbox(
-                    session,
-                    nudge.nudge_id,
-                    nudge.channel,
-                    message.to,
-                    message.subject,
-                    message.body,
-                    datetime.now(UTC),
-                )
-                nudge.status = "sent"
-                return self._done(nudge)
-        status, reason, provider_id = self._send(sender, message)
-        with self.sessions.begin() as session:
-            row = session.get(Nudge, nudge_id)
-            assert row is not None
-            row.status, row.reason, row.provider_message_id = status, reason, provider_id
-            return self._done(row)
+            claimed = claim_pending(session, limit, nudge_ids)
+            for nudge in claimed:
+                try:
+                    message, reason = self._prepare(session, nudge)
+                except (KeyError, ValueError) as exc:
+                    message, reason = None, f"could not render: {exc}"
+                    nudge.status = "failed"
+                if message is None:
+                    nudge.status = "failed" if nudge.status == "failed" else "skipped"
+                    nudge.reason = reason
+                    statuses[nudge.nudge_id] = self._done(nudge)
+                    continue
+                sender = self.senders.get(nudge.channel)
+                if sender is None:
+                    write_outbox(
+                        session,
+                        nudge.nudge_id,
+                        nudge.channel,
+                        message.to,
+                        message.subject,
+                        message.body,
+                        datetime.now(UTC),
+                    )
+                    nudge.status = "sent"
+                    statuses[nudge.nudge_id] = self._done(nudge)
+                else:
+                    to_send.append((nudge.nudge_id, sender, message))
+        for nudge_id, sender, message in to_send:
+            outcome, error, provider_id = self._send(sender, message)
+            with self.sessions.begin() as session:
+                row = session.get(Nudge, nudge_id)
+                if row is not None:
+                    row.status, row.reason, row.provider_message_id = outcome, error, provider_id
+                    statuses[nudge_id] = self._done(row)
+        return [statuses[n.nudge_id] for n in claimed if n.nudge_id in statuses]
 
     def _prepare(self, session: Session, nudge: Nudge) -> tuple[OutgoingMessage | None, str]:
         if not has_consent(session, nudge.supporter_id, nudge.channel):

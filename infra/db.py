@@ -21,6 +21,7 @@ from sqlalchemy import (
     Uuid,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -201,6 +202,6 @@ def insert_ignoring_duplicates(session: Any, model: type[Base], rows: list[dict[
         statement = sqlite_insert(model).on_conflict_do_nothing()
     else:
         raise NotImplementedError(f"no idempotent insert for {dialect}")
-    primary_key = list(model.__table__.primary_key.columns)
+    primary_key = list(inspect(model).primary_key)
     inserted = session.execute(statement.returning(*primary_key), rows).all()
     return len(inserted)

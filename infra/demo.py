@@ -124,8 +124,13 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
     def traffic() -> None:
         with IngestClient(supervisor.api_url, settings.secret("api_token")) as client:
             result = simulate(
-                client, supporters, seed, batch_size=50, rate=max(supporters / 5, 50),
-                progress=False, start=datetime.now(UTC) - timedelta(days=28),
+                client,
+                supporters,
+                seed,
+                batch_size=50,
+                rate=max(supporters / 5, 50),
+                progress=False,
+                start=datetime.now(UTC) - timedelta(days=28),
             )
         report["result"] = result
 
@@ -148,7 +153,9 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
                     + f"  ({time.monotonic() - started:.0f}s)"
                 )
                 live.update(view.render(snap, status))
-                settled = done and snap["unpublished"] == 0 and snap["nudges"].get("pending", 0) == 0
+                settled = (
+                    done and snap["unpublished"] == 0 and snap["nudges"].get("pending", 0) == 0
+                )
                 quiet = quiet + 1 if settled else 0
                 if quiet >= 8 and snap["outbox"]:
                     break

@@ -59,3 +59,22 @@ def topic_spec(name: str) -> TopicSpec:
         if spec.name == name:
             return spec
     raise KeyError(name)
+
+
+def json_schemas() -> dict[str, dict[str, object]]:
+    """Each topic's JSON Schema, marked with its topic, key, version and retention."""
+    schemas: dict[str, dict[str, object]] = {}
+    for spec in TOPICS:
+        schema = spec.model.model_json_schema()
+        schema.update(
+            {
+                "$id": f"urn:engage:topic:{spec.name}:v{spec.model.version}",
+                "x-topic": spec.name,
+                "x-key": spec.key,
+                "x-version": spec.model.version,
+                "x-retention-ms": spec.retention_ms,
+                "description": spec.description,
+            }
+        )
+        schemas[spec.name] = schema
+    return schemas

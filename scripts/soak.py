@@ -26,21 +26,26 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage  # noqa: E402
-from infra.processes import Supervisor  # noqa: E402
-from infra.settings import Settings  # noqa: E402
-from infra.status import pipeline_status  # noqa: E402
-from producers.simulator import generate_events  # noqa: E402
+from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage
+from infra.processes import Supervisor
+from infra.settings import Settings
+from infra.status import pipeline_status
+from producers.simulator import generate_events
 
 
-def post_all(url: str, token: str, events: list[dict[str, Any]], rate: float | None,
-             deadline: float, batch: int) -> int:
+def post_all(
+    url: str,
+    token: str,
+    events: list[dict[str, Any]],
+    rate: float | None,
+    deadline: float,
+    batch: int,
+) -> int:
     accepted = 0
     started = time.monotonic()
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
-                      timeout=60) as client:
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ) as client:
         for n, i in enumerate(range(0, len(events), batch)):
             if time.monotonic() > deadline:
                 break
@@ -50,8 +55,9 @@ def post_all(url: str, token: str, events: list[dict[str, Any]], rate: float | N
                     time.sleep(delay)
             for attempt in range(30):
                 try:
-                    response = client.post("/v1/events/batch",
-                                           json={"events": events[i : i + batch]})
+                    response = client.post(
+                        "/v1/events/batch", json={"events": events[i : i + batch]}
+                    )
                     response.raise_for_status()
                     break
                 except httpx.HTTPError:
@@ -76,8 +82,9 @@ def main() -> int:
     count = args.events or int(args.minutes * 60 * (args.rate or 300))
     send_for = args.minutes * 60 if args.minutes else 3600
 
-    events = generate_events(max(count // 3, 1), seed=21,
-                             start=datetime.now(UTC) - timedelta(days=28))[:count]
+    events = generate_events(
+        max(count // 3, 1), seed=21, start=datetime.now(UTC) - timedelta(days=28)
+    )[:count]
     with tempfile.TemporaryDirectory(prefix="engage-soak-") as home:
         settings = Settings(home=Path(home), api_port=0, log_json=True)
         supervisor = Supervisor(settings)
@@ -98,8 +105,9 @@ def main() -> int:
             threading.Thread(target=restarter, daemon=True).start()
         started = time.monotonic()
         try:
-            accepted = post_all(supervisor.api_url, token, events, args.rate,
-                                started + send_for, args.batch)
+            accepted = post_all(
+                supervisor.api_url, token, events, args.rate, started + send_for, args.batch
+            )
             sent_s = time.monotonic() - started
             stop.set()
             result = drain(supervisor, accepted, args.drain_timeout)
@@ -129,11 +137,16 @@ def drain(supervisor: Supervisor, accepted: int, timeout_s: float) -> dict[str, 
     status: dict[str, Any] = {}
     while time.monotonic() - started < timeout_s:
         status = pipeline_status(supervisor.bootstrap, supervisor.sessions)
-        inputs = sum(status["topics"][t] for t in
-                     ("supporter.signup", "petition.signed", "event.rsvp", "event.attended"))
-        if (status["ledger"]["unpublished"] == 0 and inputs >= accepted
-                and not any(status["consumer_lag"].values())
-                and status["nudges"].get("pending", 0) == 0):
+        inputs = sum(
+            status["topics"][t]
+            for t in ("supporter.signup", "petition.signed", "event.rsvp", "event.attended")
+        )
+        if (
+            status["ledger"]["unpublished"] == 0
+            and inputs >= accepted
+            and not any(status["consumer_lag"].values())
+            and status["nudges"].get("pending", 0) == 0
+        ):
             break
         time.sleep(2)
     with supervisor.sessions() as session:

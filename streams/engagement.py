@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from schemas.events import (
     EngagementScored,
@@ -100,7 +101,9 @@ def _rules(state: SupporterState, event: Event, attended_before: int) -> list[tu
     sid = _supporter(event)
     fired: list[tuple[str, Event]] = []
 
-    def nudge(rule: str, channel: str, template: str, context: dict[str, str]) -> None:
+    def nudge(
+        rule: str, channel: Literal["email", "sms"], template: str, context: dict[str, str]
+    ) -> None:
         key = f"{rule}:{sid}"
         fired.append(
             (

@@ -28,50 +28,72 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class EngagementProcessor:
-    """Per-partition state and the fold over a batch; no Kafka here, so it is easy to test."""
+    """Per-partition state and the fold over a batch; no Kafka here, so it is easy to test.
+
+    After an assignment, partition number p of every input topic is replayed (folded without
+    emitting) up to its committed offset. Live records of partition p are held back until
+    the replay of *every* topic's partition p is complete, so a live event never meets
+    half-restored state. ``done`` says how far each topic-partition has been processed,
+    which is what may be committed.
+    """
 
     half_life_days: float
     states: dict[int, dict[str, SupporterState]] = field(default_factory=dict)
     restore_until: dict[tuple[str, int], int] = field(default_factory=dict)
+    held: dict[int, list[tuple[str, Any]]] = field(default_factory=dict)
+    done: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def reset(
         self, assigned: Iterable[tuple[str, int]], committed: dict[tuple[str, int], int]
     ) -> None:
-        self.states = {}
+        self.states, self.held, self.done = {}, {}, {}
         self.restore_until = {tp: committed[tp] for tp in assigned if committed.get(tp)}
 
+    def restoring(self, partition: int) -> bool:
+        return any(p == partition for _, p in self.restore_until)
+
     def process(self, topic: str, partition: int, messages: Iterable[Any]) -> list[Record]:
-        model = INPUT_EVENT_TYPES[topic]
-        states = self.states.setdefault(partition, {})
-        limit = self.restore_until.get((topic, partition), 0)
         outputs: list[Record] = []
+        limit = self.restore_until.get((topic, partition), 0)
         for message in messages:
-            emit = message.offset >= limit
-            try:
-                event: Event = model.model_validate_json(message.value)
-                sid = event.key()
-                state = states.get(sid)
-                if state is None:
-                    state = states[sid] = SupporterState()
-                caused = apply_event(state, event, self.half_life_days, emit)
-            except Exception as exc:  # a bad event must not stop the partition
-                if emit:
-                    outputs.append(
-                        dead_letter(
-                            "stream",
-                            topic,
-                            partition,
-                            message.offset,
-                            message.key,
-                            message.value,
-                            f"{type(exc).__name__}: {exc}",
-                        )
-                    )
-                continue
-            outputs.extend(
-                (out.topic, out.key().encode(), out.model_dump_json().encode()) for out in caused
-            )
+            if message.offset < limit:
+                self._fold(topic, partition, message, emit=False)
+                self.done[(topic, partition)] = message.offset + 1
+                if message.offset + 1 >= limit:
+                    del self.restore_until[(topic, partition)]
+                    limit = 0
+            elif self.restoring(partition):
+                self.held.setdefault(partition, []).append((topic, message))
+            else:
+                outputs.extend(self._live(topic, partition, message))
+        if not self.restoring(partition):
+            for held_topic, message in self.held.pop(partition, []):
+                outputs.extend(self._live(held_topic, partition, message))
         return outputs
+
+    def _live(self, topic: str, partition: int, message: Any) -> list[Record]:
+        self.done[(topic, partition)] = message.offset + 1
+        return self._fold(topic, partition, message, emit=True)
+
+    def _fold(self, topic: str, partition: int, message: Any, emit: bool) -> list[Record]:
+        states = self.states.setdefault(partition, {})
+        try:
+            event: Event = INPUT_EVENT_TYPES[topic].model_validate_json(message.value)
+            sid = event.key()
+            state = states.get(sid)
+            if state is None:
+                state = states[sid] = SupporterState()
+            caused = apply_event(state, event, self.half_life_days, emit)
+        except Exception as exc:  # a bad event must not stop the partition
+            if not emit:
+                return []
+            error = f"{type(exc).__name__}: {exc}"
+            return [
+                dead_letter(
+                    "stream", topic, partition, message.offset, message.key, message.value, error
+                )
+            ]
+        return [(out.topic, out.key().encode(), out.model_dump_json().encode()) for out in caused]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -146,13 +168,12 @@ class StreamWorker:
         """Process a batch while the previous one's outputs are still being acknowledged;
         then send this batch's outputs and commit its offsets once they are acked."""
         outputs: list[tuple[int, Record]] = []
-        offsets: dict[TopicPartition, int] = {}
         for tp, messages in batches.items():
             outputs.extend(
                 (tp.partition, record)
                 for record in self.processor.process(tp.topic, tp.partition, messages)
             )
-            offsets[tp] = messages[-1].offset + 1
+        offsets = {TopicPartition(t, p): o for (t, p), o in self.processor.done.items()}
         await self.settle()
         futures = [
             await self.producer.send(

@@ -1,4 +1,4 @@
-"""Shared fixtures: both databases, the embedded broker, settings, and the ingest API under uvicorn."""
+"""Shared fixtures: both databases, the embedded broker, settings, the ingest API under uvicorn."""
 
 from __future__ import annotations
 
@@ -105,8 +105,8 @@ def tmp_topic(broker: EmbeddedBroker, request: pytest.FixtureRequest) -> Callabl
 
         from infra.topics import admin_client
 
-        test = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:80]
-        name = f"test.{test}.{hint}.{uuid.uuid4().hex[:12]}"
+        test = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:40]
+        name = f"test.{test}.{hint}.{uuid.uuid4().hex[:12]}"  # short: the ledger keeps 100
         admin = admin_client(broker.bootstrap)
         try:
             admin.create_topics([NewTopic(name, partitions, 1)])

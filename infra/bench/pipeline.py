@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -160,10 +159,14 @@ def _collect_latencies(supervisor: Supervisor, accepted: int, timeout_s: float) 
     previous = -1
     while time.monotonic() < deadline:
         with supervisor.sessions() as session:
-            accepted_at = dict(session.execute(select(LedgerEvent.event_id, LedgerEvent.accepted_at)).all())
+            accepted_at = dict(
+                session.execute(select(LedgerEvent.event_id, LedgerEvent.accepted_at)).all()
+            )
             written = [
                 *session.execute(select(Nudge.cause_event_id, Nudge.created_at)).all(),
-                *session.execute(select(FollowUpTask.cause_event_id, FollowUpTask.created_at)).all(),
+                *session.execute(
+                    select(FollowUpTask.cause_event_id, FollowUpTask.created_at)
+                ).all(),
             ]
         samples = [
             (created - accepted_at[cause]).total_seconds() * 1000
@@ -175,5 +178,3 @@ def _collect_latencies(supervisor: Supervisor, accepted: int, timeout_s: float) 
         previous = len(samples)
         time.sleep(2.0)
     return samples
-
-

@@ -11,7 +11,9 @@ from infra.broker import EmbeddedBroker
 from infra.topics import ensure_topics
 
 
-def run_bench(events: int, latency_seconds: float, home: Path, partitions: int = 4) -> dict[str, Any]:
+def run_bench(
+    events: int, latency_seconds: float, home: Path, partitions: int = 4
+) -> dict[str, Any]:
     """Throughput of the broker, naive faust agents and the spine's stream stage over the
     same number of events on one broker, then latency through a full `engage up` pipeline."""
     with EmbeddedBroker(log_path=None) as broker:

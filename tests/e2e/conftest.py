@@ -37,7 +37,10 @@ class Pipeline:
     def cli(self, *args: str) -> Any:
         out = subprocess.run(
             [sys.executable, "-m", "infra.cli", *args],
-            env=self.env, capture_output=True, check=True, timeout=60,
+            env=self.env,
+            capture_output=True,
+            check=True,
+            timeout=60,
         )
         return json.loads(out.stdout)
 
@@ -94,8 +97,11 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
         )
     pipe = Pipeline(tmp_path / "home", process, env)
     try:
-        wait_for(lambda: (pipe.home / "run.json").exists() or process.poll() is not None,
-                 60, "engage up to start")
+        wait_for(
+            lambda: (pipe.home / "run.json").exists() or process.poll() is not None,
+            60,
+            "engage up to start",
+        )
         assert process.poll() is None, output.read_text()
         yield pipe
     finally:

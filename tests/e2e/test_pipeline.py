@@ -19,12 +19,29 @@ def test_events_posted_over_http_become_nudges_and_a_task(pipeline: Pipeline) ->
     day = datetime(2026, 11, 2, 18, tzinfo=UTC)
     person = {"email": "Ann.Jones@Example.org", "phone": "07911 123456", "first_name": "Ann"}
     events = [
-        {"type": "supporter.signup", "event_time": day.isoformat(), "area": "Leeds",
-         "consent_email": True, "consent_sms": True, "consent_wording": "v1", **person},
-        {"type": "petition.signed", "event_time": (day + timedelta(hours=1)).isoformat(),
-         "petition_id": "leeds-library", "petition_title": "Save Leeds library", **person},
-        {"type": "event.attended", "event_time": (day + timedelta(days=3)).isoformat(),
-         "meeting_id": "leeds-nov", "meeting_title": "Leeds monthly", **person},
+        {
+            "type": "supporter.signup",
+            "event_time": day.isoformat(),
+            "area": "Leeds",
+            "consent_email": True,
+            "consent_sms": True,
+            "consent_wording": "v1",
+            **person,
+        },
+        {
+            "type": "petition.signed",
+            "event_time": (day + timedelta(hours=1)).isoformat(),
+            "petition_id": "leeds-library",
+            "petition_title": "Save Leeds library",
+            **person,
+        },
+        {
+            "type": "event.attended",
+            "event_time": (day + timedelta(days=3)).isoformat(),
+            "meeting_id": "leeds-nov",
+            "meeting_title": "Leeds monthly",
+            **person,
+        },
     ]
     response = pipeline.post(events)
     assert response.status_code == 202, response.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import socket
 import subprocess
@@ -44,10 +45,8 @@ def test_a_taken_port_is_a_broker_error() -> None:
         except BrokerError:
             return
         assert broker.process is not None
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             broker.process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
         alive = broker.alive()
         broker.stop()
         assert alive, "start() returned, but the broker had exited: the port was someone else's"

@@ -1,4 +1,4 @@
-"""The dispatcher on SQLite and PostgreSQL: outbox mode, consent and address checks, a fake Sender."""
+"""The dispatcher on both databases: outbox mode, consent and address checks, a fake Sender."""
 
 from __future__ import annotations
 
@@ -184,10 +184,13 @@ def test_consent_withdrawn_after_the_request_is_honoured_at_sending(
     with sessions.begin() as session:
         session.add(
             ConsentRecord(
-                supporter_id=SID, channel="email", granted=False, source="unsubscribe",
+                supporter_id=SID,
+                channel="email",
+                granted=False,
+                source="unsubscribe",
                 recorded_at=T0 + timedelta(minutes=1),
             )
-        )  # fmt: skip
+        )
 
     assert dispatcher(sessions, templates).dispatch(WELCOME) == "skipped"
     assert nudge_row(sessions, WELCOME).reason == "no email consent"

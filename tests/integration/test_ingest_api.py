@@ -1,4 +1,4 @@
-"""The ingest API under uvicorn on both databases: 202s, the ledger, and clear 4xx that lose nothing."""
+"""The ingest API under uvicorn on both databases: 202s, the ledger, clear 4xx that lose nothing."""
 
 from __future__ import annotations
 

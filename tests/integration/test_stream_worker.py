@@ -102,7 +102,9 @@ class Outputs:
                 if self.keep(tp.topic, value):
                     self.records.append((tp.topic, value))
 
-    def wait_for(self, what: str, check: Callable[[list[tuple[str, dict[str, Any]]]], bool]) -> None:
+    def wait_for(
+        self, what: str, check: Callable[[list[tuple[str, dict[str, Any]]]], bool]
+    ) -> None:
         deadline = time.monotonic() + DEADLINE_S
         while not check(self.records):
             if time.monotonic() > deadline:
@@ -249,10 +251,12 @@ def test_the_worker_scores_nudges_tasks_and_dead_letters(
         workers(group_id)
         outputs.wait_for(
             "every output",
-            lambda r: len(outputs.of("engagement.scored")) >= 4
-            and len(outputs.of("nudge.requested")) >= 4
-            and len(outputs.of("task.created")) >= 2
-            and len(outputs.of("deadletter")) >= 2,
+            lambda r: (
+                len(outputs.of("engagement.scored")) >= 4
+                and len(outputs.of("nudge.requested")) >= 4
+                and len(outputs.of("task.created")) >= 2
+                and len(outputs.of("deadletter")) >= 2
+            ),
         )
     finally:
         outputs.close()
@@ -278,7 +282,9 @@ def test_the_worker_scores_nudges_tasks_and_dead_letters(
     }
     due = datetime.fromisoformat(tasks[f"first-meeting-follow-up:{member}"]["due_at"])
     assert due == meeting.event_time + timedelta(hours=48)
-    letters = {(v["source_topic"], v["partition"], v["offset"]): v for v in outputs.of("deadletter")}
+    letters = {
+        (v["source_topic"], v["partition"], v["offset"]): v for v in outputs.of("deadletter")
+    }
     assert set(letters) == {
         ("event.attended", bad.partition, bad.offset),
         ("petition.signed", wrong.partition, wrong.offset),
@@ -323,8 +329,10 @@ def test_a_restarted_worker_restores_state_by_replay_and_repeats_nothing(
         producer.event(before[1])  # a redelivery of a committed event: causes nothing
         outputs.wait_for(
             "the second run's scores",
-            lambda r: {str(e.event_id) for e in after}
-            <= {v["cause_event_id"] for v in outputs.of("engagement.scored")},
+            lambda r: (
+                {str(e.event_id) for e in after}
+                <= {v["cause_event_id"] for v in outputs.of("engagement.scored")}
+            ),
         )
         wait_committed(broker.bootstrap, group_id, producer.last)
         outputs.drain()
@@ -362,7 +370,8 @@ def _wait_for_replay(running: RunningWorker) -> None:
     processor = running.worker.processor
     deadline = time.monotonic() + DEADLINE_S
     while not (
-        processor.restore_until and running.worker.processed >= sum(processor.restore_until.values())
+        processor.restore_until
+        and running.worker.processed >= sum(processor.restore_until.values())
     ):
         if time.monotonic() > deadline or not running.thread.is_alive():
             running.stop()

@@ -128,9 +128,7 @@ def test_the_leader_rung_needs_the_minimum_score() -> None:
 
 def test_the_rung_goes_down_when_meetings_leave_the_window() -> None:
     actions = _actions(*meetings(0, 30, 60, 61, 62))
-    path = [
-        rung(actions, days(d), score(actions, days(d), HALF_LIFE)) for d in (62, 150, 151, 400)
-    ]
+    path = [rung(actions, days(d), score(actions, days(d), HALF_LIFE)) for d in (62, 150, 151, 400)]
     assert path == ["leader_candidate", "regular", "attendee", "attendee"]
     assert path[0] in RUNGS
 

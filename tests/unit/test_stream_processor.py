@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -100,20 +99,18 @@ def test_live_events_become_records_for_the_output_topics() -> None:
         (b"{not json", "ValidationError"),
         (b"", "ValidationError"),
         (None, "Error"),
-        (json.dumps({"event_time": T0.isoformat(), "email": "jo@example.org"}).encode(), "meeting_id"),
+        (json.dumps({"event_time": T0.isoformat(), "email": "x@y.org"}).encode(), "meeting_id"),
         (signup().model_dump_json().encode(), "type"),
     ],
     ids=["not-json", "empty", "tombstone", "missing-fields", "wrong-topic"],
-)  # fmt: skip
+)
 def test_a_bad_value_becomes_a_dead_letter_and_its_neighbours_go_on(
     value: bytes | None, error: str
 ) -> None:
     processor = EngagementProcessor(90.0)
     good = attended()
 
-    records = processor.process(
-        "event.attended", 3, [Message(41, b"k-bad", value), msg(42, good)]
-    )
+    records = processor.process("event.attended", 3, [Message(41, b"k-bad", value), msg(42, good)])
 
     letter, *rest = decode(records)
     assert isinstance(letter, DeadLetter)
@@ -182,11 +179,17 @@ def test_reset_forgets_the_previous_assignment() -> None:
 
 
 class FakeProducer:
+    """AIOKafkaProducer.send's shape: a coroutine returning the future of the acknowledgement."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
+        self.partitions: list[int | None] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes, partition: int | None = None
+    ) -> asyncio.Future[None]:
         self.sent.append((topic, key, value))
+        self.partitions.append(partition)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -200,14 +203,25 @@ class FakeConsumer:
         self.commits.append(dict(offsets))
 
 
-def test_the_worker_publishes_then_commits_past_each_batch() -> None:
+async def handle(worker: StreamWorker, batches: dict[TopicPartition, list[Message]]) -> None:
+    """One pass of the worker's loop body, then wait for its outputs and commit to settle."""
+    await worker._handle(batches)
+    await worker.settle()
+
+
+@pytest.mark.parametrize(("co_partitioned", "partition"), [(True, 1), (False, None)])
+def test_the_worker_publishes_then_commits_past_each_batch(
+    co_partitioned: bool, partition: int | None
+) -> None:
     worker = StreamWorker("unused:9092", 90.0)
     worker.producer, worker.consumer = FakeProducer(), FakeConsumer()  # type: ignore[assignment]
+    worker.co_partitioned = co_partitioned
     batches = {TopicPartition("event.attended", 1): [msg(7, attended()), msg(8, attended(2))]}
 
-    asyncio.run(worker._handle(batches))
+    asyncio.run(handle(worker, batches))
 
     assert [t for t, _, _ in worker.producer.sent].count("engagement.scored") == 2
+    assert set(worker.producer.partitions) == {partition}  # co-partitioned: the input's
     assert worker.consumer.commits == [{TopicPartition("event.attended", 1): 9}]
     assert worker.processed == 2
 
@@ -233,6 +247,6 @@ def test_live_records_wait_for_the_replay_of_every_co_partitioned_topic() -> Non
         TopicPartition("event.attended", 0): [msg(0, attended())],
     }
 
-    asyncio.run(worker._handle(batches))
+    asyncio.run(handle(worker, batches))
 
     assert rules(worker.producer.sent) == []

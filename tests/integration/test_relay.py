@@ -1,0 +1,185 @@
+"""The ledger relay on both databases and the embedded broker: publish in order, once acked."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from infra.broker import EmbeddedBroker
+from infra.db import LedgerEvent
+from infra.kafka import ledger_producer
+from producers.ledger import record_events
+from producers.relay import LedgerRelay
+from schemas.events import Event, EventRSVP, SupporterSignup
+
+T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def read(bootstrap: str, topic: str, want: int, keep: Callable[[Any], bool]) -> list[Any]:
+    """Records of ``topic`` that ``keep`` accepts, from the beginning, until ``want`` arrived."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        found: list[Any] = []
+        deadline = time.monotonic() + 30
+        while len(found) < want:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(found)} of {want} records on {topic}")
+            for messages in consumer.poll(timeout_ms=100).values():
+                found.extend(m for m in messages if keep(m))
+        return found
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def producer(broker: EmbeddedBroker) -> Iterator[Any]:
+    p = ledger_producer(broker.bootstrap)
+    yield p
+    p.close(timeout=5)
+
+
+def published(sessions: sessionmaker[Session]) -> dict[uuid.UUID, bool]:
+    with sessions() as session:
+        return {r.event_id: r.published for r in session.scalars(select(LedgerEvent))}
+
+
+def record(sessions: sessionmaker[Session], events: list[Event]) -> None:
+    with sessions.begin() as session:
+        record_events(session, events, T0)
+
+
+def test_pending_events_are_published_to_their_topics_and_marked(
+    sessions: sessionmaker[Session], broker: EmbeddedBroker, producer: Any
+) -> None:
+    sid = f"sup_{uuid.uuid4().hex}"
+    events: list[Event] = [
+        SupporterSignup(event_time=T0, supporter_id=sid, email="jo@example.org"),
+        EventRSVP(event_time=T0, supporter_id=sid, email="jo@example.org", meeting_id="m"),
+    ]
+    record(sessions, events)
+    relay = LedgerRelay(sessions, producer)
+
+    assert relay.publish_pending() == 2
+    assert relay.publish_pending() == 0
+
+    assert published(sessions) == {e.event_id: True for e in events}
+    for event in events:
+        (message,) = read(
+            broker.bootstrap,
+            event.topic,
+            1,
+            lambda m, e=event: (
+                m.key == sid.encode()
+                and e.event_id == type(e).model_validate_json(m.value).event_id
+            ),
+        )
+        assert type(event).model_validate_json(message.value) == event
+
+
+def test_events_are_published_oldest_first_in_batches(
+    sessions: sessionmaker[Session],
+    broker: EmbeddedBroker,
+    producer: Any,
+    tmp_topic: Callable[..., str],
+) -> None:
+    topic = tmp_topic("relay")
+    ids = [uuid.uuid4() for _ in range(5)]
+    with sessions.begin() as session:
+        for n, event_id in enumerate(ids):
+            session.add(
+                LedgerEvent(
+                    event_id=event_id,
+                    topic=topic,
+                    key="k",
+                    payload=f'{{"n": {n}}}',
+                    accepted_at=T0 + timedelta(seconds=n),
+                    published=False,
+                )
+            )
+    relay = LedgerRelay(sessions, producer, batch=2)
+
+    assert [relay.publish_pending() for _ in range(4)] == [2, 2, 1, 0]
+
+    values = [m.value for m in read(broker.bootstrap, topic, 5, lambda m: True)]
+    assert values == [f'{{"n": {n}}}'.encode() for n in range(5)]
+    assert set(published(sessions).values()) == {True}
+
+
+class FailingFuture:
+    def get(self, timeout: float | None = None) -> None:
+        raise TimeoutError("no acknowledgement")
+
+
+class FlakyProducer:
+    """Sends through the real producer, but the first ``failures`` sends are never acked."""
+
+    def __init__(self, real: Any, failures: int) -> None:
+        self.real, self.failures = real, failures
+
+    def send(self, topic: str, key: bytes, value: bytes) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            return FailingFuture()
+        return self.real.send(topic, key=key, value=value)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+
+def test_an_unacknowledged_batch_stays_unpublished_and_goes_out_next_time(
+    sessions: sessionmaker[Session],
+    broker: EmbeddedBroker,
+    producer: Any,
+    tmp_topic: Callable[..., str],
+) -> None:
+    topic = tmp_topic("flaky")
+    with sessions.begin() as session:
+        session.add(
+            LedgerEvent(event_id=uuid.uuid4(), topic=topic, key="k", payload="{}", published=False)
+        )
+    relay = LedgerRelay(sessions, FlakyProducer(producer, failures=1))
+
+    with pytest.raises(TimeoutError):
+        relay.publish_pending()
+    assert set(published(sessions).values()) == {False}
+
+    assert relay.publish_pending() == 1
+    assert set(published(sessions).values()) == {True}
+    assert len(read(broker.bootstrap, topic, 1, lambda m: True)) == 1
+
+
+def test_the_run_loop_publishes_what_arrives_until_stopped(
+    sessions: sessionmaker[Session],
+    broker: EmbeddedBroker,
+    producer: Any,
+    tmp_topic: Callable[..., str],
+) -> None:
+    topic = tmp_topic("loop")
+    stop = threading.Event()
+    relay = LedgerRelay(sessions, producer)
+    thread = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        with sessions.begin() as session:
+            session.add(LedgerEvent(event_id=uuid.uuid4(), topic=topic, key="k", payload="1"))
+        deadline = time.monotonic() + 30
+        while set(published(sessions).values()) != {True}:
+            assert time.monotonic() < deadline, "the relay did not publish"
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert [m.value for m in read(broker.bootstrap, topic, 1, lambda m: True)] == [b"1"]
