@@ -23,6 +23,7 @@ from schemas.identity import supporter_id
 log = structlog.get_logger(__name__)
 _INGEST = TypeAdapter(IngestEvent)
 MAX_FUTURE = timedelta(days=1)
+INGEST_TYPES = frozenset(model.topic for model in INGEST_TO_TOPIC.values())
 
 
 class FieldError(BaseModel):
@@ -99,8 +100,8 @@ class IngestService:
 
 
 def _field(prefix: str, loc: tuple[int | str, ...]) -> str:
-    # Drop the discriminator tag pydantic puts in the location of a union member.
-    parts = [str(p) for p in loc if not (isinstance(p, str) and "." in p and p[:1].islower())]
+    # Drop the discriminator tag pydantic puts first in the location of a union member.
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in INGEST_TYPES else loc)]
     path = ".".join(parts)
     return f"{prefix}.{path}" if prefix and path else (prefix or path or "body")
 
@@ -122,7 +123,9 @@ def ingest_router(service: IngestService) -> APIRouter:
     async def read_json(request: Request) -> Any | JSONResponse:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token, service.token):
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.encode(), service.token.encode()
+        ):
             response = _problem(401, "authorization", "a valid bearer token is required")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
@@ -133,6 +136,8 @@ def ingest_router(service: IngestService) -> APIRouter:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return _problem(400, "body", f"malformed JSON: {exc}")
+        except RecursionError:
+            return _problem(400, "body", "malformed JSON: nested too deeply")
 
     def answer(result: IngestResult) -> JSONResponse:
         log.info(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -59,27 +60,40 @@ class ContactFields(Event):
 
 
 class Normalising(BaseModel):
-    """Mixed into the ingest models: turns what people type into the normalised topic form."""
+    """Mixed into the ingest models: turns what people type into the normalised topic form.
+
+    Blank strings count as absent; values of another type are left for the field's own
+    type check to reject.
+    """
 
     @field_validator("email", mode="before", check_fields=False)
     @classmethod
     def _email(cls, value: object) -> object:
-        return normalise_email(value) if isinstance(value, str) and value.strip() else None
+        return _normalised(value, normalise_email)
 
     @field_validator("phone", mode="before", check_fields=False)
     @classmethod
     def _phone(cls, value: object) -> object:
-        return normalise_phone(value) if isinstance(value, str) and value.strip() else None
+        return _normalised(value, normalise_phone)
 
     @field_validator("postcode", mode="before", check_fields=False)
     @classmethod
     def _postcode(cls, value: object) -> object:
-        if not isinstance(value, str) or not value.strip():
-            return None
-        match = _POSTCODE.match(value.upper().strip())
-        if not match:
-            raise ValueError("not a UK postcode")
-        return f"{match.group(1)} {match.group(2)}"
+        return _normalised(value, normalise_postcode)
+
+
+def normalise_postcode(raw: str) -> str:
+    """A UK postcode in capitals with one space before the inward code."""
+    match = _POSTCODE.match(raw.upper().strip())
+    if not match:
+        raise ValueError("not a UK postcode")
+    return f"{match.group(1)} {match.group(2)}"
+
+
+def _normalised(value: object, normalise: Callable[[str], str]) -> object:
+    if not isinstance(value, str):
+        return value
+    return normalise(value) if value.strip() else None
 
 
 class SignupFields(ContactFields):

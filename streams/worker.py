@@ -175,14 +175,34 @@ class StreamWorker:
             )
         offsets = {TopicPartition(t, p): o for (t, p), o in self.processor.done.items()}
         await self.settle()
-        futures = [
-            await self.producer.send(
-                topic, value=value, key=key, partition=partition if self.co_partitioned else None
-            )
-            for partition, (topic, key, value) in outputs
-        ]
+        futures = await self._publish(outputs)
         self._settling = asyncio.create_task(self._commit_when_acked(futures, offsets))
         self.processed += sum(len(m) for m in batches.values())
+
+    async def _publish(self, outputs: list[tuple[int, Record]]) -> list[asyncio.Future[Any]]:
+        """Send the outputs; co-partitioned, as one record batch per topic-partition."""
+        if not self.co_partitioned:
+            return [
+                await self.producer.send(topic, value=value, key=key)
+                for _, (topic, key, value) in outputs
+            ]
+        grouped: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        for partition, (topic, key, value) in outputs:
+            grouped.setdefault((topic, partition), []).append((key, value))
+        futures: list[asyncio.Future[Any]] = []
+        for (topic, partition), records in grouped.items():
+            batch = self.producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    batch.close()
+                    futures.append(
+                        await self.producer.send_batch(batch, topic, partition=partition)
+                    )
+                    batch = self.producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            batch.close()
+            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+        return futures
 
     async def _commit_when_acked(
         self, futures: list[asyncio.Future[Any]], offsets: dict[TopicPartition, int]

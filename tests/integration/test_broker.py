@@ -9,8 +9,6 @@ import subprocess
 import warnings
 from pathlib import Path
 
-import pytest
-
 from infra.broker import BrokerError, EmbeddedBroker
 
 
@@ -27,14 +25,6 @@ def test_the_broker_starts_answers_and_stops() -> None:
     broker.stop()  # stopping twice is harmless
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: infra/broker.py EmbeddedBroker.start takes any listener on the port for the broker: "
-        "when another process holds the port, Tansu exits but start() returns as if it were up"
-    ),
-)
 def test_a_taken_port_is_a_broker_error() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -52,14 +42,6 @@ def test_a_taken_port_is_a_broker_error() -> None:
         assert alive, "start() returned, but the broker had exited: the port was someone else's"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: infra/broker.py EmbeddedBroker.start opens log_path for the child's output and "
-        "never closes its own handle (ResourceWarning: unclosed file when it is collected)"
-    ),
-)
 def test_a_broker_with_a_log_file_leaves_no_file_open(tmp_path: Path) -> None:
     log_path = tmp_path / "broker.log"
     with warnings.catch_warnings(record=True) as caught:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.repository import (
     claim_nudge,
+    claim_pending,
     has_consent,
     list_tasks,
     pending_nudge_ids,
@@ -181,6 +182,40 @@ def test_many_threads_racing_for_one_nudge_yield_one_winner(
 
     assert errors == []
     assert sorted(wins) == [False] * (claimers - 1) + [True]
+
+
+def test_batch_claims_racing_over_many_nudges_never_share_one(
+    sessions: sessionmaker[Session],
+) -> None:
+    """One claimer takes the five oldest and holds its transaction; the other asks for all ten,
+    waits, and gets exactly the other five."""
+    supporters = [f"sup_{n:032x}" for n in range(10)]
+    for supporter in supporters:  # one by one, so created_at orders them
+        with sessions.begin() as session:
+            store_nudges(session, [nudge(supporter=supporter)])
+    results: dict[str, object] = {}
+
+    def second_claimer() -> None:
+        try:
+            with sessions.begin() as session:
+                results["second"] = {n.nudge_id for n in claim_pending(session, 10)}
+        except Exception as exc:  # surfaced below
+            results["error"] = exc
+
+    with sessions.begin() as first:
+        results["first"] = {n.nudge_id for n in claim_pending(first, 5)}
+        racer = threading.Thread(target=second_claimer)
+        racer.start()
+        racer.join(0.5)
+        assert racer.is_alive(), "the second claim should wait for the first transaction"
+    racer.join(30)
+
+    assert "error" not in results, results.get("error")
+    everyone = {f"welcome:{s}" for s in supporters}
+    assert results["first"] == {f"welcome:{s}" for s in supporters[:5]}
+    assert results["second"] == everyone - results["first"]  # type: ignore[operator]
+    with sessions() as session:
+        assert pending_nudge_ids(session, 20) == []
 
 
 def _consent(

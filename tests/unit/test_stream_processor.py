@@ -178,21 +178,49 @@ def test_reset_forgets_the_previous_assignment() -> None:
     assert rules(records) == [f"invite-signer:{SID}"]
 
 
+class FakeBatch:
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+
+    def append(self, key: bytes, value: bytes, timestamp: int | None) -> object:
+        self.records.append((key, value))
+        return object()  # metadata: there was room
+
+    def close(self) -> None:
+        pass
+
+
 class FakeProducer:
-    """AIOKafkaProducer.send's shape: a coroutine returning the future of the acknowledgement."""
+    """The AIOKafkaProducer calls the worker makes: ``send`` and ``create_batch``/``send_batch``,
+    each a coroutine returning the future of the acknowledgement (here already acked)."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.partitions: list[int | None] = []
+
+    @staticmethod
+    def _acked() -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     async def send(
         self, topic: str, value: bytes, key: bytes, partition: int | None = None
     ) -> asyncio.Future[None]:
         self.sent.append((topic, key, value))
         self.partitions.append(partition)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        return self._acked()
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(
+        self, batch: FakeBatch, topic: str, partition: int
+    ) -> asyncio.Future[None]:
+        for key, value in batch.records:
+            self.sent.append((topic, key, value))
+            self.partitions.append(partition)
+        return self._acked()
 
 
 class FakeConsumer:
@@ -226,22 +254,12 @@ def test_the_worker_publishes_then_commits_past_each_batch(
     assert worker.processed == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: streams/worker.py emits live records of one input topic before the co-partitioned "
-        "replay of another has finished: after a restart, a petition signed while the worker "
-        "was down can come in the same getmany as the replay of event.attended (partitions in "
-        "any order); processed first, it sees no meeting and the SMS invite fires"
-    ),
-)
 def test_live_records_wait_for_the_replay_of_every_co_partitioned_topic() -> None:
     worker = StreamWorker("unused:9092", 90.0)
     worker.producer, worker.consumer = FakeProducer(), FakeConsumer()  # type: ignore[assignment]
     committed = {("event.attended", 0): 1, ("petition.signed", 0): 0}
     worker.processor.reset(committed, committed)  # what the rebalance listener does
-    # One getmany returns both partitions; the live petition's happens to come first.
+    # One getmany returns both partitions; the live petition's comes first.
     batches = {
         TopicPartition("petition.signed", 0): [msg(0, petition(5))],
         TopicPartition("event.attended", 0): [msg(0, attended())],
@@ -249,4 +267,34 @@ def test_live_records_wait_for_the_replay_of_every_co_partitioned_topic() -> Non
 
     asyncio.run(handle(worker, batches))
 
-    assert rules(worker.producer.sent) == []
+    assert rules(worker.producer.sent) == []  # attended before the restart: no SMS invite
+    assert [t for t, _, _ in worker.producer.sent] == ["engagement.scored"]
+    assert worker.consumer.commits == [
+        {TopicPartition("event.attended", 0): 1, TopicPartition("petition.signed", 0): 1}
+    ]
+
+
+def test_live_records_are_held_across_batches_until_the_replay_is_done() -> None:
+    processor = EngagementProcessor(90.0)
+    committed = {("event.attended", 0): 2, ("petition.signed", 0): 0}
+    processor.reset(committed, committed)
+
+    # The live petition arrives before the rest of the replay of event.attended.
+    assert processor.process("event.attended", 0, [msg(0, signup())]) == []
+    assert processor.process("petition.signed", 0, [msg(0, petition(5))]) == []
+    released = processor.process("event.attended", 0, [msg(1, attended()), msg(2, attended(9))])
+
+    outputs = decode(released)
+    assert rules(released) == []  # neither an invite nor a second first-meeting task
+    assert [type(o) for o in outputs] == [EngagementScored, EngagementScored]
+    assert processor.done == {("event.attended", 0): 3, ("petition.signed", 0): 1}
+
+
+def test_other_partitions_do_not_wait_for_a_replay() -> None:
+    processor = EngagementProcessor(90.0)
+    committed = {("event.attended", 0): 5, ("petition.signed", 1): 0}
+    processor.reset(committed, committed)
+
+    records = processor.process("petition.signed", 1, [msg(0, petition())])
+
+    assert rules(records) == [f"invite-signer:{SID}"]
