@@ -11,14 +11,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from consumers.messages import OutgoingMessage, Sender, SendError
 from consumers.rendering import TemplateBook
 from consumers.repository import (
-    claim_pending,
-    contact,
-    has_consent,
+    claim_nudges,
+    consented,
+    contacts,
+    pending_nudges,
+    set_nudge_status,
     write_outbox,
 )
-from infra.db import Nudge
+from infra.db import Nudge, Supporter
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Plan:
+    """What to do with one pending nudge, worked out before any write lock is taken."""
+
+    nudge: Nudge
+    message: OutgoingMessage | None
+    status: str = "ready"
+    reason: str | None = None
 
 
 @dataclass
@@ -47,25 +59,32 @@ class Dispatcher:
         return statuses[0] if statuses else None
 
     def _dispatch(self, limit: int, nudge_ids: list[str] | None) -> list[str]:
-        """Outbox sends, skips and failures to render are settled in the claiming
-        transaction; provider sends happen after it commits, each result in its own."""
-        to_send: list[tuple[str, Sender, OutgoingMessage]] = []
+        """Render outside any write lock; then one short transaction claims the nudges,
+        checks consent again, and settles outbox sends and skips; provider calls follow,
+        each result in a transaction of its own."""
+        with self.sessions() as session:
+            nudges = pending_nudges(session, limit, nudge_ids)
+            people = contacts(session, [n.supporter_id for n in nudges])
+            plans = [self._plan(n, people.get(n.supporter_id)) for n in nudges]
+        if not plans:
+            return []
         statuses: dict[str, str] = {}
+        to_send: list[tuple[_Plan, Sender]] = []
         with self.sessions.begin() as session:
-            claimed = claim_pending(session, limit, nudge_ids)
-            for nudge in claimed:
-                try:
-                    message, reason = self._prepare(session, nudge)
-                except (KeyError, ValueError) as exc:
-                    message, reason = None, f"could not render: {exc}"
-                    nudge.status = "failed"
-                if message is None:
-                    nudge.status = "failed" if nudge.status == "failed" else "skipped"
-                    nudge.reason = reason
-                    statuses[nudge.nudge_id] = self._done(nudge)
+            claimed = claim_nudges(session, [p.nudge.nudge_id for p in plans])
+            granted = consented(session, [(p.nudge.supporter_id, p.nudge.channel) for p in plans])
+            for plan in plans:
+                nudge = plan.nudge
+                if nudge.nudge_id not in claimed:
                     continue
+                if (nudge.supporter_id, nudge.channel) not in granted:
+                    plan.status, plan.reason = "skipped", f"no {nudge.channel} consent"
                 sender = self.senders.get(nudge.channel)
-                if sender is None:
+                if plan.status == "ready" and sender is not None:
+                    to_send.append((plan, sender))
+                    continue
+                if plan.status == "ready" and plan.message is not None:
+                    message = plan.message
                     write_outbox(
                         session,
                         nudge.nudge_id,
@@ -75,41 +94,39 @@ class Dispatcher:
                         message.body,
                         datetime.now(UTC),
                     )
-                    nudge.status = "sent"
-                    statuses[nudge.nudge_id] = self._done(nudge)
-                else:
-                    to_send.append((nudge.nudge_id, sender, message))
-        for nudge_id, sender, message in to_send:
-            outcome, error, provider_id = self._send(sender, message)
+                    plan.status = "sent"
+                set_nudge_status(session, nudge.nudge_id, plan.status, plan.reason)
+                statuses[nudge.nudge_id] = self._done(nudge, plan.status, plan.reason)
+        for plan, sender in to_send:
+            assert plan.message is not None
+            outcome, error, provider_id = self._send(sender, plan.message)
             with self.sessions.begin() as session:
-                row = session.get(Nudge, nudge_id)
-                if row is not None:
-                    row.status, row.reason, row.provider_message_id = outcome, error, provider_id
-                    statuses[nudge_id] = self._done(row)
-        return [statuses[n.nudge_id] for n in claimed if n.nudge_id in statuses]
+                set_nudge_status(session, plan.nudge.nudge_id, outcome, error, provider_id)
+            statuses[plan.nudge.nudge_id] = self._done(plan.nudge, outcome, error)
+        return [statuses[p.nudge.nudge_id] for p in plans if p.nudge.nudge_id in statuses]
 
-    def _prepare(self, session: Session, nudge: Nudge) -> tuple[OutgoingMessage | None, str]:
-        if not has_consent(session, nudge.supporter_id, nudge.channel):
-            return None, f"no {nudge.channel} consent"
-        person = contact(session, nudge.supporter_id)
+    def _plan(self, nudge: Nudge, person: Supporter | None) -> _Plan:
         address = None
         if person is not None:
             address = person.email if nudge.channel == "email" else person.phone
-        if not address or person is None:
-            return None, f"no {nudge.channel} address"
+        if person is None or not address:
+            return _Plan(nudge, None, "skipped", f"no {nudge.channel} address")
         context = {k: str(v) for k, v in nudge.context.items()}
         if person.first_name:
             context["first_name"] = person.first_name
-        message = self.templates.render(
-            nudge.template,
-            nudge.channel,
-            context,
-            nudge_id=nudge.nudge_id,
-            to=address,
-            org_name=self.org_name,
-            opt_out_url=f"{self.public_url}/unsubscribe/{nudge.nudge_id}",
-        )
-        return message, ""
+        try:
+            message = self.templates.render(
+                nudge.template,
+                nudge.channel,
+                context,
+                nudge_id=nudge.nudge_id,
+                to=address,
+                org_name=self.org_name,
+                opt_out_url=f"{self.public_url}/unsubscribe/{nudge.nudge_id}",
+            )
+        except (KeyError, ValueError) as exc:
+            return _Plan(nudge, None, "failed", f"could not render: {exc}")
+        return _Plan(nudge, message)
 
     def _send(self, sender: Sender, message: OutgoingMessage) -> tuple[str, str | None, str | None]:
         try:
@@ -119,13 +136,13 @@ class Dispatcher:
         return "sent", None, result.message_id
 
     @staticmethod
-    def _done(nudge: Nudge) -> str:
+    def _done(nudge: Nudge, status: str, reason: str | None) -> str:
         log.info(
             "nudge.dispatched",
             nudge_id=nudge.nudge_id,
             rule=nudge.rule,
             channel=nudge.channel,
-            status=nudge.status,
-            reason=nudge.reason,
+            status=status,
+            reason=reason,
         )
-        return nudge.status
+        return status

@@ -99,6 +99,64 @@ def claim_pending(
     return list(session.scalars(select(Nudge).where(Nudge.nudge_id.in_(claimed))))
 
 
+def pending_nudges(
+    session: Session, limit: int, nudge_ids: Sequence[str] | None = None
+) -> list[Nudge]:
+    query = select(Nudge).where(Nudge.status == "pending")
+    if nudge_ids is not None:
+        query = query.where(Nudge.nudge_id.in_(nudge_ids))
+    return list(session.scalars(query.order_by(Nudge.created_at).limit(limit)))
+
+
+def claim_nudges(session: Session, nudge_ids: Sequence[str]) -> set[str]:
+    """Move these nudges from pending to sending; return the ones this caller got."""
+    if not nudge_ids:
+        return set()
+    return set(
+        session.scalars(
+            update(Nudge)
+            .where(Nudge.nudge_id.in_(nudge_ids), Nudge.status == "pending")
+            .values(status="sending")
+            .returning(Nudge.nudge_id)
+        )
+    )
+
+
+def set_nudge_status(
+    session: Session,
+    nudge_id: str,
+    status: str,
+    reason: str | None = None,
+    provider_message_id: str | None = None,
+) -> None:
+    session.execute(
+        update(Nudge)
+        .where(Nudge.nudge_id == nudge_id)
+        .values(status=status, reason=reason, provider_message_id=provider_message_id)
+    )
+
+
+def consented(session: Session, wanted: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (supporter_id, channel) pairs have a newest consent record that grants."""
+    supporters = {supporter_id for supporter_id, _ in wanted}
+    if not supporters:
+        return set()
+    latest: dict[tuple[str, str], bool] = {}
+    rows = session.execute(
+        select(ConsentRecord.supporter_id, ConsentRecord.channel, ConsentRecord.granted)
+        .where(ConsentRecord.supporter_id.in_(supporters))
+        .order_by(ConsentRecord.recorded_at, ConsentRecord.id)
+    )
+    for supporter_id, channel, granted in rows:
+        latest[(supporter_id, channel)] = granted
+    return {pair for pair in wanted if latest.get(pair)}
+
+
+def contacts(session: Session, supporter_ids: Sequence[str]) -> dict[str, Supporter]:
+    rows = session.scalars(select(Supporter).where(Supporter.supporter_id.in_(supporter_ids)))
+    return {row.supporter_id: row for row in rows}
+
+
 def claim_nudge(session: Session, nudge_id: str) -> Nudge | None:
     """Claim one nudge; None when it is not pending (sent, or another sender has it)."""
     claimed = claim_pending(session, 1, [nudge_id])

@@ -47,15 +47,28 @@ class ConsumerWorker:
         )
         await self.producer.start()
         await self.consumer.start()
+        dispatching = asyncio.create_task(self._dispatch_until(stop))
         try:
             while not stop.is_set():
                 batches = await self.consumer.getmany(timeout_ms=100, max_records=2000)
                 if batches:
                     await self._store(batches)
-                await asyncio.to_thread(self.dispatcher.dispatch_pending)
         finally:
+            stop.set()
+            await dispatching
             await self.consumer.stop()
             await self.producer.stop()
+
+    async def _dispatch_until(self, stop: asyncio.Event) -> None:
+        """Send what is pending, beside the storing loop, in short transactions."""
+        while not stop.is_set():
+            try:
+                claimed = await asyncio.to_thread(self.dispatcher.dispatch_pending, 100)
+            except Exception as exc:  # a database hiccup must not stop the consumer
+                log.warning("dispatch.failed", error=str(exc))
+                claimed = 0
+            if not claimed:
+                await asyncio.sleep(0.02)
 
     async def _store(self, batches: dict[TopicPartition, list[Any]]) -> None:
         nudges: list[NudgeRequested] = []

@@ -20,7 +20,7 @@ def ledger_producer(bootstrap: str) -> Any:
         client_id="engage-relay",
         acks="all",
         enable_idempotence=True,
-        linger_ms=5,
+        linger_ms=1,
         batch_size=256 * 1024,
         max_in_flight_requests_per_connection=5,
         retries=2**31 - 1,

@@ -41,7 +41,7 @@ class LedgerRelay:
             mark_published(session, [seq for seq, *_ in rows])
         return len(rows)
 
-    def run(self, stop: threading.Event, idle_s: float = 0.01) -> None:
+    def run(self, stop: threading.Event, idle_s: float = 0.005) -> None:
         while not stop.is_set():
             try:
                 published = self.publish_pending()
