@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from fastapi.openapi.utils import get_openapi
 
 from infra.db import make_engine, session_factory
@@ -14,7 +15,8 @@ from producers.api import IngestService, ingest_router, openapi_components
 
 def create_app(settings: Settings) -> FastAPI:
     sessions = session_factory(make_engine(settings.sqlalchemy_url))
-    app = FastAPI(
+    # Swagger UI and ReDoc served from the package, not a CDN: works on a laptop offline.
+    app: FastAPI = FastAPIOffline(
         title="Engage pipeline",
         version="0.1.0",
         description="Ingest supporters' events; the pipeline scores them and sends nudges.",

@@ -177,7 +177,9 @@ class StreamWorker:
         await self.settle()
         futures = await self._publish(outputs)
         self._settling = asyncio.create_task(self._commit_when_acked(futures, offsets))
-        self.processed += sum(len(m) for m in batches.values())
+        events = sum(len(m) for m in batches.values())
+        self.processed += events
+        log.info("stream.batch", events=events, outputs=len(outputs), partitions=len(batches))
 
     async def _publish(self, outputs: list[tuple[int, Record]]) -> list[asyncio.Future[Any]]:
         """Send the outputs; co-partitioned, as one record batch per topic-partition."""

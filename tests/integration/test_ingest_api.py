@@ -488,3 +488,15 @@ def test_the_docs_page_answers(client: httpx.Client) -> None:
     assert response.status_code == 200
     assert "text/html" in response.headers["content-type"]
     assert "/openapi.json" in response.text
+
+
+def test_the_docs_page_loads_its_assets_from_the_api_itself(client: httpx.Client) -> None:
+    """A laptop offline still gets working docs: no CDN in the page, every asset served."""
+    import re
+
+    page = client.get("/docs").text
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page)
+    assert assets, page
+    for asset in assets:
+        assert asset.startswith("/"), f"{asset} is not served by the API"
+        assert client.get(asset).status_code == 200
