@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 TOKEN = "e2e-token"
+ENGAGE = str(Path(sys.executable).with_name("engage"))  # the console script, as a user runs it
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Pipeline:
 
     def cli(self, *args: str) -> Any:
         out = subprocess.run(
-            [sys.executable, "-m", "infra.cli", *args],
+            [ENGAGE, *args],
             env=self.env,
             capture_output=True,
             check=True,
@@ -93,7 +94,7 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
     output = tmp_path / "up.out"
     with output.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "up"], env=env, stdout=out, stderr=out
+            [ENGAGE, "up"], env=env, stdout=out, stderr=out
         )
     pipe = Pipeline(tmp_path / "home", process, env)
     try:
