@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Callable
@@ -15,11 +16,20 @@ SupporterId = Annotated[str, Field(pattern=r"^sup_[0-9a-f]{32}$")]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
 _POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?) ?([0-9][A-Z]{2})$")
 _NAMESPACE = uuid.UUID("1f0e6d4c-5b2a-4c3e-9d8f-7a6b5c4d3e2f")
+_VERSION_BITS = (0xF << 76) | (0x3 << 62)
+_VERSION_8 = (0x8 << 76) | (0x2 << 62)
+
+
+@functools.lru_cache(maxsize=256)
+def _mask(what: str) -> int:
+    return uuid.uuid5(_NAMESPACE, what).int & ~_VERSION_BITS
 
 
 def derived_event_id(cause_event_id: uuid.UUID, what: str) -> uuid.UUID:
-    """Deterministic id of an event derived from another, so a replay repeats it exactly."""
-    return uuid.uuid5(_NAMESPACE, f"{cause_event_id}:{what}")
+    """Deterministic id of the ``what`` (a small set of names: 'scored', a rule) caused by an
+    event, so a replay repeats it exactly: the cause's id XOR a per-name mask, marked as a
+    version-8 (custom) UUID. A quarter of uuid5's cost, which the stream pays per output."""
+    return uuid.UUID(int=(cause_event_id.int & ~_VERSION_BITS) ^ _mask(what) | _VERSION_8)
 
 
 class Event(BaseModel):

@@ -109,7 +109,7 @@ def _rules(state: SupporterState, event: Event, attended_before: int) -> list[tu
             (
                 key,
                 NudgeRequested.model_construct(
-                    event_id=derived_event_id(event.event_id, key),
+                    event_id=derived_event_id(event.event_id, rule),
                     event_time=event.event_time,
                     nudge_id=key,
                     supporter_id=sid,
@@ -133,7 +133,7 @@ def _rules(state: SupporterState, event: Event, attended_before: int) -> list[tu
             (
                 key,
                 TaskCreated.model_construct(
-                    event_id=derived_event_id(event.event_id, key),
+                    event_id=derived_event_id(event.event_id, "first-meeting-follow-up"),
                     event_time=event.event_time,
                     task_id=key,
                     supporter_id=sid,
