@@ -109,6 +109,7 @@ class Supervisor:
             "ENGAGE_KAFKA_BOOTSTRAP": self.bootstrap,
             "ENGAGE_API_PORT": str(self.api_port),
             "ENGAGE_LOG_JSON": "true",
+            "ENGAGE_PUBLIC_URL": os.environ.get("ENGAGE_PUBLIC_URL", self.api_url),
             PARENT_ENV: str(os.getpid()),
         }
 

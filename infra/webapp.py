@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi_offline import FastAPIOffline
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from infra.db import make_engine, session_factory
 from infra.settings import Settings
 from producers.api import IngestService, ingest_router, openapi_components
+from producers.unsubscribe import unsubscribe_router
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -28,6 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_batch=settings.max_batch,
     )
     app.include_router(ingest_router(service))
+    app.include_router(unsubscribe_router(sessions, settings.org_name))
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:

@@ -93,9 +93,7 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
     env.pop("ENGAGE_DATABASE_URL", None)
     output = tmp_path / "up.out"
     with output.open("wb") as out:
-        process = subprocess.Popen(
-            [ENGAGE, "up"], env=env, stdout=out, stderr=out
-        )
+        process = subprocess.Popen([ENGAGE, "up"], env=env, stdout=out, stderr=out)
     pipe = Pipeline(tmp_path / "home", process, env)
     try:
         wait_for(

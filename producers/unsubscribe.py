@@ -1,0 +1,79 @@
+"""The unsubscribe link of every email: a page to confirm, and one-click (RFC 8058) opt-out.
+
+An opt-out is recorded as a withdrawn consent for the channel the nudge used; the
+dispatcher reads the newest record at the moment of sending, so nothing more goes out.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+
+import structlog
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from infra.db import ConsentRecord, Nudge
+
+log = structlog.get_logger(__name__)
+
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}}
+button{{font-size:1rem;padding:.6rem 1.2rem}}</style></head><body>{body}</body></html>"""
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
+
+
+def withdraw(session: Session, nudge_id: str, source: str) -> Nudge | None:
+    """Record that the recipient of this nudge withdrew consent for its channel."""
+    nudge = session.get(Nudge, nudge_id)
+    if nudge is None:
+        return None
+    session.add(
+        ConsentRecord(
+            supporter_id=nudge.supporter_id,
+            channel=nudge.channel,
+            granted=False,
+            source=source,
+            wording_version=None,
+            recorded_at=datetime.now(UTC),
+        )
+    )
+    return nudge
+
+
+def unsubscribe_router(sessions: sessionmaker[Session], org_name: str) -> APIRouter:
+    router = APIRouter(prefix="/unsubscribe", tags=["opt-out"])
+    unknown = "<h1>Link not recognised</h1><p>This unsubscribe link is not one of ours.</p>"
+
+    @router.get("/{nudge_id}", response_class=HTMLResponse, summary="Confirm an opt-out")
+    def confirm(nudge_id: str) -> HTMLResponse:
+        with sessions() as session:
+            if session.get(Nudge, nudge_id) is None:
+                return _page("Unsubscribe", unknown, 404)
+        who = html.escape(org_name)
+        return _page(
+            "Unsubscribe",
+            f"<h1>Unsubscribe</h1><p>Stop all campaign messages from {who} on this channel?</p>"
+            '<form method="post"><button type="submit">Unsubscribe</button></form>',
+        )
+
+    @router.post("/{nudge_id}", response_class=HTMLResponse, summary="Opt out (one click)")
+    def unsubscribe(nudge_id: str) -> HTMLResponse:
+        with sessions.begin() as session:
+            nudge = withdraw(session, nudge_id, source="unsubscribe-link")
+            if nudge is None:
+                return _page("Unsubscribe", unknown, 404)
+            channel = nudge.channel
+        log.info("consent.withdrawn", channel=channel, source="unsubscribe-link")
+        return _page(
+            "Unsubscribed",
+            f"<h1>You're unsubscribed</h1><p>{html.escape(org_name)} will send you no more "
+            f"campaign {'emails' if channel == 'email' else 'texts'}.</p>",
+        )
+
+    return router
