@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -92,7 +93,10 @@ class ConsumerWorker:
             stored_tasks = store_tasks(session, tasks)
         for topic, key, value in letters:
             await self.producer.send_and_wait(topic, value=value, key=key)
-        await self.consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()})
+        try:
+            await self.consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()})
+        except CommitFailedError as exc:  # redelivered to the next owner; the keys dedupe
+            log.warning("consumers.commit_failed", error=str(exc))
         log.info(
             "consumers.stored",
             nudges=stored_nudges,

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from infra.kafka import CONSUMER_DEFAULTS, Record, dead_letter
 from schemas.catalogue import INPUT_TOPICS, TOPICS
@@ -211,7 +212,12 @@ class StreamWorker:
     ) -> None:
         if futures:
             await asyncio.gather(*futures)
-        await self.consumer.commit(offsets)
+        try:
+            await self.consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group moved on (an eviction or a rebalance): the partitions' next owner
+            # replays from the last commit, and every output it repeats is deduplicated.
+            log.warning("stream.commit_failed", error=str(exc))
 
     async def settle(self) -> None:
         """Wait for the batch in flight: its outputs acked and its offsets committed."""
