@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -52,6 +53,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'engage.db'}"
         return
+    with fresh_pg_schema() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_pg_schema() -> Iterator[str]:
+    """A URL of a new, empty PostgreSQL schema, dropped again on exit."""
     schema = f"t_{uuid.uuid4().hex}"
     admin = create_engine(PG_URL, poolclass=NullPool)
     with admin.begin() as connection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.conftest import fresh_pg_schema
 
 TOKEN = "e2e-token"
 ENGAGE = str(Path(sys.executable).with_name("engage"))  # the console script, as a user runs it
@@ -80,7 +83,15 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
+def pipeline(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    """`engage up` on SQLite, or on PostgreSQL with ``indirect`` parametrisation."""
+    with contextlib.ExitStack() as stack:
+        database = getattr(request, "param", "sqlite")
+        url = stack.enter_context(fresh_pg_schema()) if database == "postgresql" else None
+        yield from _pipeline(tmp_path, url)
+
+
+def _pipeline(tmp_path: Path, database_url: str | None) -> Iterator[Pipeline]:
     env = {
         **os.environ,
         "ENGAGE_HOME": str(tmp_path / "home"),
@@ -91,6 +102,8 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
     }
     env.pop("ENGAGE_KAFKA_BOOTSTRAP", None)
     env.pop("ENGAGE_DATABASE_URL", None)
+    if database_url:
+        env["ENGAGE_DATABASE_URL"] = database_url
     output = tmp_path / "up.out"
     with output.open("wb") as out:
         process = subprocess.Popen([ENGAGE, "up"], env=env, stdout=out, stderr=out)

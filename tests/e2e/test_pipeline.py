@@ -15,6 +15,9 @@ from tests.e2e.conftest import Pipeline, alive, wait_for
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize(
+    "pipeline", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 def test_events_posted_over_http_become_nudges_and_a_task(pipeline: Pipeline) -> None:
     day = datetime(2026, 11, 2, 18, tzinfo=UTC)
     person = {"email": "Ann.Jones@Example.org", "phone": "07911 123456", "first_name": "Ann"}
