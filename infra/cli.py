@@ -192,16 +192,26 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import datetime
+    from pathlib import Path
 
     from producers.client import IngestClient
     from producers.csv_import import format_report, import_sheet
 
+    sheet = Path(args.file)
+    if not sheet.is_file():
+        raise SystemExit(f"no such file: {sheet}")
+    try:
+        when = datetime.fromisoformat(args.time)
+    except ValueError:
+        raise SystemExit(f"--time: not an ISO date and time: {args.time!r}") from None
+    if when.tzinfo is None:
+        raise SystemExit("--time: give a time zone, e.g. 2026-11-10T19:00:00+00:00")
     with IngestClient(_api_url(settings, args.url), settings.secret("api_token")) as client:
         report = import_sheet(
             client,
-            args.file,
+            sheet,
             meeting_id=args.meeting_id,
-            event_time=datetime.fromisoformat(args.time),
+            event_time=when,
             meeting_title=args.title,
             area=args.area,
             progress=sys.stderr.isatty(),

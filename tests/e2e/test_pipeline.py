@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from producers.simulator import generate_events
-from tests.e2e.conftest import Pipeline, alive, wait_for
+from tests.e2e.conftest import ENGAGE, Pipeline, alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -168,3 +170,47 @@ def _try_post(pipeline: Pipeline, chunk: list[dict[str, Any]]) -> Any:
         return pipeline.post(chunk)
     except (httpx.HTTPError, OSError, KeyError, ValueError):
         return None
+
+
+def test_a_sign_in_sheet_imported_with_the_cli_becomes_follow_up_tasks(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    sheet = tmp_path / "hackney-nov.csv"
+    sheet.write_text(
+        "Name,Email,Mobile,Postcode\n"
+        "Ann Jones,ann.jones@example.org,07911 123456,E8 1AA\n"
+        "Bo Smith,,07912 345678,N16 7AB\n"
+        "No Contact,,,E8 2BB\n"
+        "Cy Patel,not-an-email,,E9 5CD\n"
+    )
+    args = [
+        "import-csv",
+        str(sheet),
+        "--meeting-id",
+        "hackney-nov",
+        "--area",
+        "Hackney",
+        "--title",
+        "Hackney monthly",
+        "--time",
+        "2026-11-10T19:00:00+00:00",
+    ]
+    run = subprocess.run(
+        [ENGAGE, *args], env=pipeline.env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "2 imported" in run.stdout
+    assert "line 4:" in run.stdout and "line 5:" in run.stdout  # the refused rows, with reasons
+    assert "email" in run.stdout.split("line 5:")[1]
+
+    tasks = wait_for(
+        lambda: len(pipeline.cli("tasks", "--json")) == 2 and pipeline.cli("tasks", "--json"),
+        60,
+        "a follow-up task per attendee",
+    )
+    assert {t["area"] for t in tasks} == {"Hackney"}
+    assert {t["due_at"] for t in tasks} == {"2026-11-12T19:00:00+00:00"}
+
+    again = subprocess.run(
+        [ENGAGE, *args], env=pipeline.env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "2 already imported" in again.stdout
