@@ -174,6 +174,9 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    import dataclasses
+    from datetime import UTC, datetime, timedelta
+
     from producers.client import IngestClient
     from producers.simulator import simulate
 
@@ -185,8 +188,10 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
             batch_size=args.batch,
             rate=args.rate,
             progress=sys.stderr.isatty(),
+            start=datetime.now(UTC) - timedelta(days=args.days),
+            days=args.days,
         )
-    print(json.dumps(report.as_dict() if hasattr(report, "as_dict") else vars(report), default=str))
+    print(json.dumps(dataclasses.asdict(report)))
     return 0
 
 
@@ -316,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=1)
     simulate.add_argument("--batch", type=int, default=500)
     simulate.add_argument("--rate", type=float, default=None, help="events per second")
+    simulate.add_argument("--days", type=int, default=28, help="simulated days, up to now")
     simulate.add_argument("--url", help="API base URL (default: the running pipeline's)")
     simulate.set_defaults(run=cmd_simulate)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -74,6 +75,11 @@ class Supervisor:
         self.api_url = f"http://{settings.api_host}:{self.api_port}"
 
     def start(self) -> None:
+        if not _port_free(self.settings.api_host, self.api_port):
+            raise SystemExit(
+                f"port {self.api_port} on {self.settings.api_host} is taken (another `engage up`?)"
+                "; set ENGAGE_API_PORT to another port, or 0 for any free one"
+            )
         self.logs.mkdir(parents=True, exist_ok=True)
         engine = make_engine(self.settings.sqlalchemy_url)
         migrate(engine)
@@ -197,13 +203,23 @@ class Supervisor:
                 child.process.wait()
         if self.broker is not None:
             self.broker.stop()
-        self.settings.run_file.unlink(missing_ok=True)
+        if self.children:  # only a supervisor that started has a run file of its own
+            self.settings.run_file.unlink(missing_ok=True)
 
     def pids(self) -> dict[str, Any]:
         pids: dict[str, Any] = {r: c.process.pid for r, c in self.children.items()}
         if self.broker is not None and self.broker.process is not None:
             pids["broker"] = self.broker.process.pid
         return pids
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def read_run_file(home: Path) -> dict[str, Any]:
