@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +20,7 @@ from consumers.repository import (
     write_outbox,
 )
 from infra.db import Nudge, Supporter
+from schemas.identity import opt_out_token
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +50,8 @@ class Dispatcher:
     senders: dict[str, Sender]
     org_name: str
     public_url: str
+    link_key: str = field(default="", repr=False)
+    """Signs the unsubscribe links (schemas.identity.opt_out_token)."""
 
     def dispatch_pending(self, limit: int = 500) -> int:
         """Claim and send up to ``limit`` pending nudges; return how many were claimed."""
@@ -105,6 +109,10 @@ class Dispatcher:
             statuses[plan.nudge.nudge_id] = self._done(plan.nudge, outcome, error)
         return [statuses[p.nudge.nudge_id] for p in plans if p.nudge.nudge_id in statuses]
 
+    def opt_out_url(self, nudge_id: str) -> str:
+        token = opt_out_token(self.link_key, nudge_id)
+        return f"{self.public_url}/unsubscribe/{quote(nudge_id, safe=':')}?t={token}"
+
     def _plan(self, nudge: Nudge, person: Supporter | None) -> _Plan:
         address = None
         if person is not None:
@@ -122,7 +130,7 @@ class Dispatcher:
                 nudge_id=nudge.nudge_id,
                 to=address,
                 org_name=self.org_name,
-                opt_out_url=f"{self.public_url}/unsubscribe/{nudge.nudge_id}",
+                opt_out_url=self.opt_out_url(nudge.nudge_id),
             )
         except (KeyError, ValueError) as exc:
             return _Plan(nudge, None, "failed", f"could not render: {exc}")

@@ -164,7 +164,10 @@ def claim_nudge(session: Session, nudge_id: str) -> Nudge | None:
 
 
 def has_consent(session: Session, supporter_id: str, channel: str) -> bool:
-    """True when the newest consent record for this channel grants it."""
+    """True when the newest consent record for this channel grants it (ties: the later
+    written). Grants are stamped no later than their arrival (producers/ledger.py), so a
+    withdrawal always sorts after the grant it withdraws, and a late-arriving old grant
+    cannot undo a newer withdrawal."""
     latest = session.scalars(
         select(ConsentRecord.granted)
         .where(ConsentRecord.supporter_id == supporter_id, ConsentRecord.channel == channel)

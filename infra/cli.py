@@ -142,7 +142,12 @@ def _dispatcher(settings: Settings) -> Any:
             timeout_s=settings.provider_timeout_s,
         )
     return Dispatcher(
-        _sessions(settings), TemplateBook(), senders, settings.org_name, settings.public_url
+        _sessions(settings),
+        TemplateBook(),
+        senders,
+        settings.org_name,
+        settings.public_url,
+        link_key=settings.secret("identity_key"),
     )
 
 

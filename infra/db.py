@@ -152,12 +152,15 @@ class FollowUpTask(Base):
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine with SQLite set up for several processes (WAL, a busy timeout)."""
+    """An engine with SQLite set up for several processes (WAL, a busy timeout).
+
+    ``hide_parameters``: SQL errors end up in logs, and their parameters are personal data.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -168,7 +171,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Any]:

@@ -117,8 +117,6 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
     console = Console()
     supervisor = Supervisor(settings)
     console.print("[bold]Starting the pipeline on the embedded broker…[/bold]")
-    supervisor.start()
-    console.print(f"API {supervisor.api_url} (docs at /docs), broker {supervisor.bootstrap}")
     report: dict[str, Any] = {}
 
     def traffic() -> None:
@@ -135,10 +133,13 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
         report["result"] = result
 
     sender = threading.Thread(target=traffic, name="simulate", daemon=True)
-    view = LiveView(supervisor.bootstrap, supervisor.sessions)
-    started = time.monotonic()
+    view: LiveView | None = None
     snap: dict[str, Any] = {}
     try:
+        supervisor.start()
+        console.print(f"API {supervisor.api_url} (docs at /docs), broker {supervisor.bootstrap}")
+        view = LiveView(supervisor.bootstrap, supervisor.sessions)
+        started = time.monotonic()
         sender.start()
         quiet = 0
         with Live(console=console, refresh_per_second=2) as live:
@@ -161,7 +162,8 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
                     break
                 time.sleep(0.5)
     finally:
-        view.close()
+        if view is not None:
+            view.close()
         supervisor.stop()
     result = report.get("result")
     console.print("\n[bold]Summary[/bold]")

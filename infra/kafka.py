@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka import KafkaProducer
 
 from schemas.events import DeadLetter
@@ -37,6 +38,9 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "session_timeout_ms": 10_000,
     "heartbeat_interval_ms": 1_000,
     "max_poll_interval_ms": 300_000,
+    # Partition p of every input topic must land in the same worker (the state of a
+    # supporter is the fold over all their topics); aiokafka's default is round-robin.
+    "partition_assignment_strategy": (RangePartitionAssignor,),
 }
 """aiokafka settings for the pipeline's own consumer groups (see docs/faust-table-stall.md)."""
 

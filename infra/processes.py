@@ -157,11 +157,14 @@ class Supervisor:
         restarted = False
         if self.broker is not None and not self.broker.alive():
             log.warning("broker.died", code=self.broker.process and self.broker.process.poll())
+            # Stop the Kafka clients first: none of them may mark a ledger row published, or
+            # commit an offset of the lost log, after the ledger is reset below.
+            self._terminate_all([self.children[role].process for role in KAFKA_ROLES], 5.0)
             self.broker = EmbeddedBroker(self.broker.port, self.logs / "broker.log").start()
             ensure_topics(self.bootstrap, self.settings.topic_partitions)
             self._republish()
             for role in KAFKA_ROLES:
-                self._terminate(self.children[role].process, 5.0)
+                self._spawn(role, self.children[role].restarts + 1)
             restarted = True
         for role, child in list(self.children.items()):
             code = child.process.poll()
@@ -181,26 +184,21 @@ class Supervisor:
             self.check()
 
     @staticmethod
-    def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
-        if process.poll() is None:
-            process.terminate()
+    def _terminate_all(processes: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+        """SIGTERM them all, wait until ``timeout_s`` has passed, SIGKILL what is left."""
+        deadline = time.monotonic() + timeout_s
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
             try:
-                process.wait(timeout_s)
+                process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
 
     def stop(self) -> None:
-        deadline = time.monotonic() + 7.0
-        for child in self.children.values():
-            if child.process.poll() is None:
-                child.process.terminate()
-        for child in self.children.values():
-            try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
+        self._terminate_all([child.process for child in self.children.values()], 7.0)
         if self.broker is not None:
             self.broker.stop()
         if self.children:  # only a supervisor that started has a run file of its own

@@ -29,7 +29,9 @@ def create_app(settings: Settings) -> FastAPI:
         max_batch=settings.max_batch,
     )
     app.include_router(ingest_router(service))
-    app.include_router(unsubscribe_router(sessions, settings.org_name))
+    app.include_router(
+        unsubscribe_router(sessions, settings.org_name, settings.secret("identity_key"))
+    )
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from producers.ledger import record_events
 from schemas.events import INGEST_TO_TOPIC, Event, IngestEvent
@@ -23,6 +24,7 @@ from schemas.identity import supporter_id
 log = structlog.get_logger(__name__)
 _INGEST = TypeAdapter(IngestEvent)
 MAX_FUTURE = timedelta(days=1)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 INGEST_TYPES = frozenset(model.topic for model in INGEST_TO_TOPIC.values())
 
 
@@ -69,6 +71,8 @@ class IngestService:
             ]
         if parsed.event_time > datetime.now(UTC) + MAX_FUTURE:
             return [FieldError(field=_field(prefix, ("event_time",)), reason="in the future")]
+        if parsed.event_time < EARLIEST:
+            return [FieldError(field=_field(prefix, ("event_time",)), reason="before 2000")]
         fields = parsed.model_dump()
         fields["supporter_id"] = supporter_id(self.identity_key, parsed.email, parsed.phone)
         return INGEST_TO_TOPIC[type(parsed)].model_validate(fields)
@@ -132,12 +136,16 @@ def ingest_router(service: IngestService) -> APIRouter:
         body = await request.body()
         if len(body) > service.max_batch * 4096:
             return _problem(413, "body", f"larger than {service.max_batch * 4096} bytes")
+        if b"\\u0000" in body:
+            return _problem(400, "body", "NUL characters (\\u0000) are not allowed in text")
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return _problem(400, "body", f"malformed JSON: {exc}")
         except RecursionError:
             return _problem(400, "body", "malformed JSON: nested too deeply")
+        except ValueError as exc:  # e.g. an integer with more digits than Python allows
+            return _problem(400, "body", f"malformed JSON: {exc}")
 
     def answer(result: IngestResult) -> JSONResponse:
         log.info(
@@ -161,7 +169,7 @@ def ingest_router(service: IngestService) -> APIRouter:
         payload = await read_json(request)
         if isinstance(payload, JSONResponse):
             return payload
-        return answer(service.ingest([payload], prefix=""))
+        return answer(await run_in_threadpool(service.ingest, [payload], ""))
 
     @router.post(
         "/events/batch",
@@ -182,7 +190,7 @@ def ingest_router(service: IngestService) -> APIRouter:
             return _problem(
                 413, "events", f"at most {service.max_batch} events a batch, got {len(events)}"
             )
-        return answer(service.ingest(events, prefix="events[{index}]"))
+        return answer(await run_in_threadpool(service.ingest, events, "events[{index}]"))
 
     return router
 

@@ -46,7 +46,7 @@ def record_events(
         for e in fresh
     )
     _update_contacts(session, fresh)
-    _record_consent(session, fresh)
+    _record_consent(session, fresh, accepted_at)
     return accepted, duplicates
 
 
@@ -71,8 +71,12 @@ def _update_contacts(session: Session, events: Sequence[Event]) -> None:
                 setattr(row, name, value)
 
 
-def _record_consent(session: Session, events: Sequence[Event]) -> None:
-    """A signup that ticked a box grants that channel; an unticked box withdraws nothing."""
+def _record_consent(session: Session, events: Sequence[Event], accepted_at: datetime) -> None:
+    """A signup that ticked a box grants that channel; an unticked box withdraws nothing.
+
+    The grant is stamped with the signup's time, but never later than its arrival: a form
+    whose clock runs ahead must not outrank an unsubscribe that comes after it.
+    """
     for event in events:
         if not isinstance(event, SupporterSignup):
             continue
@@ -85,7 +89,7 @@ def _record_consent(session: Session, events: Sequence[Event]) -> None:
                         granted=True,
                         source=event.source or "signup",
                         wording_version=event.consent_wording,
-                        recorded_at=event.event_time,
+                        recorded_at=min(event.event_time, accepted_at),
                         event_id=event.event_id,
                     )
                 )

@@ -6,6 +6,7 @@ dispatcher reads the newest record at the moment of sending, so nothing more goe
 
 from __future__ import annotations
 
+import hmac
 import html
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.db import ConsentRecord, Nudge
+from schemas.identity import opt_out_token
 
 log = structlog.get_logger(__name__)
 
@@ -46,12 +48,19 @@ def withdraw(session: Session, nudge_id: str, source: str) -> Nudge | None:
     return nudge
 
 
-def unsubscribe_router(sessions: sessionmaker[Session], org_name: str) -> APIRouter:
+def unsubscribe_router(sessions: sessionmaker[Session], org_name: str, key: str) -> APIRouter:
+    """Links carry ``?t=`` (schemas.identity.opt_out_token); a wrong or missing token looks
+    exactly like an unknown nudge, so the page reveals nothing about who is on the list."""
     router = APIRouter(prefix="/unsubscribe", tags=["opt-out"])
     unknown = "<h1>Link not recognised</h1><p>This unsubscribe link is not one of ours.</p>"
 
+    def genuine(nudge_id: str, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), opt_out_token(key, nudge_id).encode())
+
     @router.get("/{nudge_id}", response_class=HTMLResponse, summary="Confirm an opt-out")
-    def confirm(nudge_id: str) -> HTMLResponse:
+    def confirm(nudge_id: str, t: str = "") -> HTMLResponse:
+        if not genuine(nudge_id, t):
+            return _page("Unsubscribe", unknown, 404)
         with sessions() as session:
             if session.get(Nudge, nudge_id) is None:
                 return _page("Unsubscribe", unknown, 404)
@@ -63,7 +72,9 @@ def unsubscribe_router(sessions: sessionmaker[Session], org_name: str) -> APIRou
         )
 
     @router.post("/{nudge_id}", response_class=HTMLResponse, summary="Opt out (one click)")
-    def unsubscribe(nudge_id: str) -> HTMLResponse:
+    def unsubscribe(nudge_id: str, t: str = "") -> HTMLResponse:
+        if not genuine(nudge_id, t):
+            return _page("Unsubscribe", unknown, 404)
         with sessions.begin() as session:
             nudge = withdraw(session, nudge_id, source="unsubscribe-link")
             if nudge is None:

@@ -43,3 +43,8 @@ def supporter_id(key: str, email: str | None, phone: str | None) -> str:
         raise ValueError("an email or a phone is needed to identify a supporter")
     digest = hmac.new(key.encode(), material.encode(), hashlib.sha256).hexdigest()
     return f"sup_{digest[:32]}"
+
+
+def opt_out_token(key: str, nudge_id: str) -> str:
+    """The token of a nudge's unsubscribe link: without the key, nobody can forge one."""
+    return hmac.new(key.encode(), f"opt-out:{nudge_id}".encode(), hashlib.sha256).hexdigest()[:32]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import func, select
 
 from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage
@@ -131,6 +132,21 @@ def main() -> int:
     return 0 if report["ok"] else 1
 
 
+def scored_causes(bootstrap: str, expected: int, timeout_s: float = 120) -> tuple[int, int]:
+    """Read engagement.scored whole: (records, distinct events they were caused by)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    partitions = consumer.partitions_for_topic("engagement.scored") or set()
+    consumer.assign([TopicPartition("engagement.scored", p) for p in partitions])
+    records, causes = 0, set()
+    deadline = time.monotonic() + timeout_s
+    while records < expected and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500, max_records=50_000).values():
+            records += len(batch)
+            causes.update(json.loads(r.value)["cause_event_id"] for r in batch)
+    consumer.close()
+    return records, len(causes)
+
+
 def drain(supervisor: Supervisor, accepted: int, timeout_s: float) -> dict[str, Any]:
     """Wait until every accepted event is published and processed and every output written."""
     started = time.monotonic()
@@ -153,22 +169,23 @@ def drain(supervisor: Supervisor, accepted: int, timeout_s: float) -> dict[str, 
         ledger = session.scalar(select(func.count()).select_from(LedgerEvent))
         nudges = session.scalar(select(func.count()).select_from(Nudge))
         outbox = session.scalar(select(func.count()).select_from(OutboxMessage))
-        distinct_outbox = session.scalar(select(func.count(func.distinct(OutboxMessage.nudge_id))))
         tasks = session.scalar(select(func.count()).select_from(FollowUpTask))
         sent = session.scalar(select(func.count()).select_from(Nudge).where(Nudge.status == "sent"))
-    scored = status["topics"].get("engagement.scored", 0)
+    scored, causes = scored_causes(supervisor.bootstrap, status["topics"]["engagement.scored"])
     ok = (
         ledger == accepted
         and status["ledger"]["unpublished"] == 0
         and not any(status["consumer_lag"].values())
-        and scored >= accepted
-        and outbox == distinct_outbox == sent
+        and causes == accepted  # every accepted event was scored: none lost
+        and outbox == sent
     )
     return {
         "drain_seconds": round(time.monotonic() - started, 1),
         "ledger_events": ledger,
         "topics": status["topics"],
         "consumer_lag": status["consumer_lag"],
+        "scored_records": scored,
+        "scored_distinct_causes": causes,
         "nudges": nudges,
         "nudges_sent": sent,
         "outbox_rows": outbox,

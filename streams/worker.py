@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from infra.kafka import CONSUMER_DEFAULTS, Record, dead_letter
 from schemas.catalogue import INPUT_TOPICS, TOPICS
@@ -212,9 +212,12 @@ class StreamWorker:
     ) -> None:
         if futures:
             await asyncio.gather(*futures)
+        assigned = self.consumer.assignment()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
         try:
-            await self.consumer.commit(offsets)
-        except CommitFailedError as exc:
+            if offsets:
+                await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
             # The group moved on (an eviction or a rebalance): the partitions' next owner
             # replays from the last commit, and every output it repeats is deduplicated.
             log.warning("stream.commit_failed", error=str(exc))

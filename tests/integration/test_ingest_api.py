@@ -500,3 +500,38 @@ def test_the_docs_page_loads_its_assets_from_the_api_itself(client: httpx.Client
     for asset in assets:
         assert asset.startswith("/"), f"{asset} is not served by the API"
         assert client.get(asset).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        (b'{"type": "supporter.signup", "phone": ' + b"9" * 5000 + b"}", "body", "malformed"),
+        (
+            json.dumps(signup(first_name="Jo\u0000")).encode(),
+            "body",
+            "NUL characters",
+        ),
+    ],
+    ids=["huge-integer", "nul-character"],
+)
+def test_input_python_cannot_hold_is_a_400_naming_the_reason(
+    client: httpx.Client, body: bytes, field: str, reason: str
+) -> None:
+    response = client.post("/v1/events", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    (problem,) = response.json()["detail"]
+    assert problem["field"] == field
+    assert reason in problem["reason"]
+
+
+def test_an_event_time_before_2000_is_rejected_not_a_server_error(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/events/batch",
+        json={"events": [signup(event_time="0001-01-01T00:00:00+01:00"), signup()]},
+    )
+    assert response.status_code == 422, response.text
+    result = response.json()
+    assert result["rejected"] == [
+        {"index": 0, "errors": [{"field": "events[0].event_time", "reason": "before 2000"}]}
+    ]
+    assert len(result["accepted"]) == 1

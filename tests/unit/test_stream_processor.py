@@ -223,9 +223,20 @@ class FakeProducer:
         return self._acked()
 
 
+class _Everything:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
 class FakeConsumer:
-    def __init__(self) -> None:
+    """AIOKafkaConsumer's commit and assignment; assigned everything unless told otherwise."""
+
+    def __init__(self, assigned: set[TopicPartition] | None = None) -> None:
         self.commits: list[dict[TopicPartition, int]] = []
+        self.assigned = assigned
+
+    def assignment(self) -> Any:
+        return _Everything() if self.assigned is None else self.assigned
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
@@ -298,3 +309,15 @@ def test_other_partitions_do_not_wait_for_a_replay() -> None:
     records = processor.process("petition.signed", 1, [msg(0, petition())])
 
     assert rules(records) == [f"invite-signer:{SID}"]
+
+
+def test_offsets_of_partitions_lost_in_a_rebalance_are_not_committed() -> None:
+    kept, lost = TopicPartition("event.attended", 0), TopicPartition("event.attended", 1)
+    worker = StreamWorker("unused:9092", 90.0)
+    consumer = FakeConsumer(assigned={kept})
+    worker.producer, worker.consumer = FakeProducer(), consumer  # type: ignore[assignment]
+    batches = {kept: [msg(3, attended())], lost: [msg(5, attended(2))]}
+
+    asyncio.run(handle(worker, batches))
+
+    assert consumer.commits == [{kept: 4}]
