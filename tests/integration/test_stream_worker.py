@@ -359,3 +359,36 @@ def test_a_restarted_worker_restores_state_by_replay_and_repeats_nothing(
     )
     assert second_meeting["previous_rung"] == "attendee"  # the first meeting was restored
     assert outputs.of("deadletter") == []
+
+
+def test_workers_in_one_group_each_own_whole_partition_numbers(
+    workers: Callable[[str], RunningWorker],
+) -> None:
+    """A supporter's state is the fold over all input topics, so partition p of every input
+    topic must belong to the same worker. Three workers over two partitions a topic: aiokafka's
+    default (round-robin) hands (topic, p) pairs out in turn and splits them."""
+    from schemas.catalogue import INPUT_TOPICS
+
+    group = f"three-workers-{uuid.uuid4().hex[:8]}"
+    running = [workers(group) for _ in range(3)]
+
+    def assignments() -> list[set[TopicPartition]] | None:
+        owned = [
+            set(w.worker.consumer.assignment()) if hasattr(w.worker, "consumer") else set()
+            for w in running
+        ]
+        union = set().union(*owned)
+        complete = len(union) == len(INPUT_TOPICS) * 2 and sum(map(len, owned)) == len(union)
+        return owned if complete else None
+
+    deadline = time.monotonic() + DEADLINE_S
+    owned = assignments()
+    while owned is None:
+        assert time.monotonic() < deadline, "the workers never shared out the partitions"
+        time.sleep(0.2)
+        owned = assignments()
+    for tps in owned:
+        numbers = {
+            topic: {tp.partition for tp in tps if tp.topic == topic} for topic in INPUT_TOPICS
+        }
+        assert len({frozenset(p) for p in numbers.values()}) == 1, numbers
