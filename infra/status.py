@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -42,15 +43,16 @@ def topic_counts(bootstrap: str) -> dict[str, dict[TopicPartition, int]]:
         pending = {tp for tp in tps if listed[tp] > 0}
         for tp in tps:
             ends[tp.topic][tp] = listed[tp]
-        for _ in range(20):
-            if not pending:
-                break
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
             consumer.poll(timeout_ms=200, max_records=1_000_000)
             for tp in list(pending):
                 high = consumer.highwater(tp)
                 if high is not None:
                     ends[tp.topic][tp] = high
                     pending.discard(tp)
+        if pending:
+            raise TimeoutError(f"no high watermark for {sorted(map(str, pending))} in 30 s")
         return ends
     finally:
         consumer.close()

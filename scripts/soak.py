@@ -134,9 +134,13 @@ def main() -> int:
 
 def scored_causes(bootstrap: str, expected: int, timeout_s: float = 120) -> tuple[int, int]:
     """Read engagement.scored whole: (records, distinct events they were caused by)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     partitions = consumer.partitions_for_topic("engagement.scored") or set()
-    consumer.assign([TopicPartition("engagement.scored", p) for p in partitions])
+    tps = [TopicPartition("engagement.scored", p) for p in partitions]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
     records, causes = 0, set()
     deadline = time.monotonic() + timeout_s
     while records < expected and time.monotonic() < deadline:
@@ -165,6 +169,8 @@ def drain(supervisor: Supervisor, accepted: int, timeout_s: float) -> dict[str, 
         ):
             break
         time.sleep(2)
+    # Topic counts are read before the lag in one status call: read them again, settled.
+    status = pipeline_status(supervisor.bootstrap, supervisor.sessions)
     with supervisor.sessions() as session:
         ledger = session.scalar(select(func.count()).select_from(LedgerEvent))
         nudges = session.scalar(select(func.count()).select_from(Nudge))
