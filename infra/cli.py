@@ -230,35 +230,38 @@ def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.repository import list_outbox
-
+def _listing(settings: Settings, args: argparse.Namespace, read: Any, line: Any, noun: str) -> int:
+    """Print rows from ``read(session, limit)``: JSON (a list of objects) or a line each."""
     with _sessions(settings)() as session:
-        rows = list_outbox(session, args.limit)
+        rows = read(session, args.limit)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"[{row['channel']}] to {row['to']}  {row['subject'] or ''}\n  {row['body']}\n")
-        print(f"{len(rows)} messages")
+            print(line(row))
+        print(f"{len(rows)} {noun}")
     return 0
+
+
+def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.repository import list_outbox
+
+    def line(row: dict[str, Any]) -> str:
+        return f"[{row['channel']}] to {row['to']}  {row['subject'] or ''}\n  {row['body']}\n"
+
+    return _listing(settings, args, list_outbox, line, "messages")
 
 
 def cmd_tasks(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.repository import list_tasks
 
-    with _sessions(settings)() as session:
-        rows = list_tasks(session, args.limit)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(
-                f"due {row['due_at']}  {row['area'] or '-':<12} {row['supporter_id']}  "
-                f"{row['kind']}: {row['reason']}"
-            )
-        print(f"{len(rows)} tasks")
-    return 0
+    def line(row: dict[str, Any]) -> str:
+        return (
+            f"due {row['due_at']}  {row['area'] or '-':<12} {row['supporter_id']}  "
+            f"{row['kind']}: {row['reason']}"
+        )
+
+    return _listing(settings, args, list_tasks, line, "tasks")
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
