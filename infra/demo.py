@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 import threading
 import time
 from collections import deque
@@ -174,13 +177,15 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
         )
     console.print(f"  nudges: {snap.get('nudges')}, follow-up tasks: {snap.get('task_count')}")
     console.print("\n[bold]Where to look next[/bold]")
+    # As the user can type it: `engage` when it is on PATH, else the script's own path.
+    engage = "engage" if shutil.which("engage") else os.path.relpath(sys.argv[0])
     for line in (
-        "engage outbox            the emails and texts that were 'sent' (add --json)",
-        "engage tasks             the organisers' follow-up queue (add --json)",
-        "engage up                keep the pipeline running; API docs at <api>/docs",
-        "engage simulate --supporters 500   more traffic into a running pipeline",
-        "engage status            topics, message counts and consumer lag",
-        f"{supervisor.logs}/       each process's log",
+        f"{engage} outbox      the emails and texts that were 'sent' (add --json)",
+        f"{engage} tasks       the organisers' follow-up queue (add --json)",
+        f"{engage} up          keep the pipeline running; API docs at <api>/docs",
+        f"{engage} simulate --supporters 500   more traffic into a running pipeline",
+        f"{engage} status      topics, message counts and consumer lag",
+        f"{supervisor.logs}/   each process's log",
     ):
         console.print(f"  {line}")
     return 0
