@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import desc, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from infra.db import (
@@ -62,41 +62,6 @@ def store_tasks(session: Session, tasks: Sequence[TaskCreated]) -> int:
             for t in tasks
         ],
     )
-
-
-def pending_nudge_ids(session: Session, limit: int) -> list[str]:
-    return list(
-        session.scalars(
-            select(Nudge.nudge_id)
-            .where(Nudge.status == "pending")
-            .order_by(Nudge.created_at)
-            .limit(limit)
-        )
-    )
-
-
-def claim_pending(
-    session: Session, limit: int, nudge_ids: Sequence[str] | None = None
-) -> list[Nudge]:
-    """Move up to ``limit`` of the oldest pending nudges (of ``nudge_ids``, if given) to
-    'sending' and return them.
-
-    The conditional UPDATE is the claim: of two senders racing for a nudge, only the one
-    whose UPDATE changed the row gets it back.
-    """
-    query = select(Nudge.nudge_id).where(Nudge.status == "pending")
-    if nudge_ids is not None:
-        query = query.where(Nudge.nudge_id.in_(nudge_ids))
-    oldest = query.order_by(Nudge.created_at).limit(limit).scalar_subquery()
-    claimed = session.scalars(
-        update(Nudge)
-        .where(Nudge.nudge_id.in_(oldest), Nudge.status == "pending")
-        .values(status="sending")
-        .returning(Nudge.nudge_id)
-    ).all()
-    if not claimed:
-        return []
-    return list(session.scalars(select(Nudge).where(Nudge.nudge_id.in_(claimed))))
 
 
 def pending_nudges(
@@ -157,10 +122,13 @@ def contacts(session: Session, supporter_ids: Sequence[str]) -> dict[str, Suppor
     return {row.supporter_id: row for row in rows}
 
 
+def pending_nudge_ids(session: Session, limit: int) -> list[str]:
+    return [nudge.nudge_id for nudge in pending_nudges(session, limit)]
+
+
 def claim_nudge(session: Session, nudge_id: str) -> Nudge | None:
     """Claim one nudge; None when it is not pending (sent, or another sender has it)."""
-    claimed = claim_pending(session, 1, [nudge_id])
-    return claimed[0] if claimed else None
+    return session.get(Nudge, nudge_id) if claim_nudges(session, [nudge_id]) else None
 
 
 def has_consent(session: Session, supporter_id: str, channel: str) -> bool:
@@ -168,17 +136,7 @@ def has_consent(session: Session, supporter_id: str, channel: str) -> bool:
     written). Grants are stamped no later than their arrival (producers/ledger.py), so a
     withdrawal always sorts after the grant it withdraws, and a late-arriving old grant
     cannot undo a newer withdrawal."""
-    latest = session.scalars(
-        select(ConsentRecord.granted)
-        .where(ConsentRecord.supporter_id == supporter_id, ConsentRecord.channel == channel)
-        .order_by(desc(ConsentRecord.recorded_at), desc(ConsentRecord.id))
-        .limit(1)
-    ).first()
-    return bool(latest)
-
-
-def contact(session: Session, supporter_id: str) -> Supporter | None:
-    return session.get(Supporter, supporter_id)
+    return (supporter_id, channel) in consented(session, [(supporter_id, channel)])
 
 
 def write_outbox(

@@ -172,7 +172,6 @@ class AttendedIn(Normalising, AttendedFields):
     """An attendance as posted to the ingest API or read from a sign-in sheet."""
 
 
-InputEvent = SupporterSignup | PetitionSigned | EventRSVP | EventAttended
 IngestEvent = Annotated[SignupIn | PetitionIn | RSVPIn | AttendedIn, Field(discriminator="type")]
 INGEST_TO_TOPIC: dict[type[Event], type[Event]] = {
     SignupIn: SupporterSignup,

@@ -20,7 +20,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select
 
-from infra.bench.pipeline import _post_steadily, _wait_until_consuming
+from infra.bench.pipeline import post_steadily, wait_until_consuming
 from infra.db import LedgerEvent, Nudge
 from infra.processes import Supervisor
 from infra.settings import Settings
@@ -45,10 +45,10 @@ def main() -> None:
         supervisor.start()
         try:
             token = settings.secret("api_token")
-            _wait_until_consuming(supervisor, token)
+            wait_until_consuming(supervisor, token)
             start = datetime.now(UTC) - timedelta(days=28)
             events = generate_events(args.events // 3 + 1, seed=3, start=start)[: args.events]
-            _post_steadily(supervisor.api_url, token, events, args.rate)
+            post_steadily(supervisor.api_url, token, events, args.rate)
             time.sleep(8)
             consumer = KafkaConsumer(
                 bootstrap_servers=supervisor.bootstrap,

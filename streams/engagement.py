@@ -20,8 +20,6 @@ from streams.scoring import Action, rung, score
 
 FOLLOW_UP_WITHIN = timedelta(hours=48)
 
-InputEvent = SupporterSignup | PetitionSigned | EventAttended | Event
-
 
 @dataclass(slots=True)
 class SupporterState:

@@ -88,7 +88,7 @@ def pipeline_throughput(bootstrap: str, count: int, timeout_s: float = 300.0) ->
     }
 
 
-def _post_steadily(url: str, token: str, events: list[dict[str, Any]], rate: float) -> int:
+def post_steadily(url: str, token: str, events: list[dict[str, Any]], rate: float) -> int:
     """Post ``events`` at ``rate`` events/s in batches of 25; return how many were accepted."""
     batch, accepted = 25, 0
     interval = batch / rate
@@ -117,8 +117,8 @@ def latency(seconds: float, rate: float = 500.0, timeout_s: float = 120.0) -> di
             start = datetime.now(UTC) - timedelta(days=28)
             events = generate_events(max(wanted // 3, 1), seed=9, start=start)[:wanted]
             token = settings.secret("api_token")
-            _wait_until_consuming(supervisor, token)
-            accepted = _post_steadily(supervisor.api_url, token, events, rate)
+            wait_until_consuming(supervisor, token)
+            accepted = post_steadily(supervisor.api_url, token, events, rate)
             samples = _collect_latencies(supervisor, accepted, timeout_s)
         finally:
             supervisor.stop()
@@ -132,7 +132,7 @@ def latency(seconds: float, rate: float = 500.0, timeout_s: float = 120.0) -> di
     }
 
 
-def _wait_until_consuming(supervisor: Supervisor, token: str, timeout_s: float = 60.0) -> None:
+def wait_until_consuming(supervisor: Supervisor, token: str, timeout_s: float = 60.0) -> None:
     """Post one warm-up signup and wait for its nudge, so group joins are not measured."""
     warm = {
         "type": "supporter.signup",

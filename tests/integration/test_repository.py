@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.repository import (
     claim_nudge,
-    claim_pending,
+    claim_nudges,
     has_consent,
     list_tasks,
     pending_nudge_ids,
@@ -198,12 +198,12 @@ def test_batch_claims_racing_over_many_nudges_never_share_one(
     def second_claimer() -> None:
         try:
             with sessions.begin() as session:
-                results["second"] = {n.nudge_id for n in claim_pending(session, 10)}
+                results["second"] = claim_nudges(session, pending_nudge_ids(session, 10))
         except Exception as exc:  # surfaced below
             results["error"] = exc
 
     with sessions.begin() as first:
-        results["first"] = {n.nudge_id for n in claim_pending(first, 5)}
+        results["first"] = claim_nudges(first, pending_nudge_ids(first, 5))
         racer = threading.Thread(target=second_claimer)
         racer.start()
         racer.join(0.5)

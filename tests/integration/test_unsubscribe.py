@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,22 +18,23 @@ from tests.integration.test_dispatch import INVITE, SID, T0, WELCOME, nudge_row,
 THANKS = f"first-meeting-thanks:{SID}"
 
 
+def email_request(
+    nudge_id: str, template: str, at: datetime = T0, cause: uuid.UUID | None = None
+) -> NudgeRequested:
+    return NudgeRequested(
+        event_time=at,
+        nudge_id=nudge_id,
+        supporter_id=SID,
+        channel="email",
+        template=template,
+        rule=nudge_id.split(":")[0],
+        cause_event_id=cause or uuid.uuid4(),
+    )
+
+
 def add_thanks(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
-        store_nudges(
-            session,
-            [
-                NudgeRequested(
-                    event_time=T0,
-                    nudge_id=THANKS,
-                    supporter_id=SID,
-                    channel="email",
-                    template="thanks_first_meeting",
-                    rule="first-meeting-thanks",
-                    cause_event_id=uuid.uuid4(),
-                )
-            ],
-        )
+        store_nudges(session, [email_request(THANKS, "thanks_first_meeting")])
 
 
 def signed_dispatcher(sessions: sessionmaker[Session], api: str) -> Dispatcher:
@@ -98,8 +100,6 @@ def test_a_forged_or_unknown_link_is_a_404_and_changes_nothing(
 def test_an_opt_out_outranks_a_signup_stamped_ahead_of_the_clock(
     sessions: sessionmaker[Session],
 ) -> None:
-    from datetime import UTC, datetime, timedelta
-
     from consumers.repository import has_consent
     from producers.ledger import record_events
     from producers.unsubscribe import withdraw
@@ -114,20 +114,7 @@ def test_an_opt_out_outranks_a_signup_stamped_ahead_of_the_clock(
     )
     with sessions.begin() as session:
         record_events(session, [signup], accepted_at=now)
-        store_nudges(
-            session,
-            [
-                NudgeRequested(
-                    event_time=now,
-                    nudge_id=WELCOME,
-                    supporter_id=SID,
-                    channel="email",
-                    template="welcome",
-                    rule="welcome",
-                    cause_event_id=signup.event_id,
-                )
-            ],
-        )
+        store_nudges(session, [email_request(WELCOME, "welcome", now, signup.event_id)])
     with sessions.begin() as session:
         assert has_consent(session, SID, "email")
         assert withdraw(session, WELCOME, source="unsubscribe-link") is not None
