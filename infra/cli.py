@@ -113,9 +113,20 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
     from streams.worker import StreamWorker
 
-    worker = StreamWorker(_bootstrap(settings), settings.half_life_days)
+    worker = StreamWorker(
+        _bootstrap(settings), _engine(settings), tick_seconds=settings.lapse_check_seconds
+    )
     asyncio.run(_until_stopped(worker.run))
     return 0
+
+
+def _engine(settings: Settings) -> Any:
+    """The stream's engine, from the configured playbook, checked against the templates."""
+    from consumers.rendering import TemplateBook
+    from streams.engagement import Engine
+    from streams.playbook import load_playbook
+
+    return Engine(load_playbook(settings.playbook, TemplateBook().names()))
 
 
 def _dispatcher(settings: Settings) -> Any:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Engine,
+    Float,
     Index,
     Integer,
     String,
@@ -149,6 +150,38 @@ class FollowUpTask(Base):
     cause_event_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     status: Mapped[str] = mapped_column(String(20), default="open")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    priority: Mapped[str] = mapped_column(String(10), default="normal", server_default="normal")
+
+
+class IdentityLink(Base):
+    """Which supporter an email or a phone belongs to, as a keyed hash (not the address)."""
+
+    __tablename__ = "identity_links"
+    identity: Mapped[str] = mapped_column(String(80), primary_key=True)
+    supporter_id: Mapped[str] = mapped_column(String(40), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SupporterAlias(Base):
+    """A supporter id merged into another: events for it now go to the survivor."""
+
+    __tablename__ = "supporter_aliases"
+    absorbed_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    survivor_id: Mapped[str] = mapped_column(String(40), index=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    merged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SupporterScore(Base):
+    """The newest score and rung per supporter, from engagement.scored (a read model)."""
+
+    __tablename__ = "supporter_scores"
+    supporter_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    rung: Mapped[str] = mapped_column(String(100), index=True)
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime)
+    cause_event_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

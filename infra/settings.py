@@ -31,7 +31,12 @@ class Settings(BaseSettings):
         default=None, description="Key of the supporter-id hash; generated under home if unset."
     )
     max_batch: int = Field(default=1000, ge=1, description="Most events in one ingest request.")
-    half_life_days: float = Field(default=90.0, gt=0)
+    playbook: Path | None = Field(
+        default=None, description="Playbook YAML (scoring, ladder, rules); default: the shipped one."
+    )
+    lapse_check_seconds: float = Field(
+        default=60.0, gt=0, description="How often the stream looks for lapses and falling rungs."
+    )
     org_name: str = "Grassroots Together"
     public_url: str = Field(default="http://127.0.0.1:8000", description="Base of opt-out links.")
 

@@ -5,15 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.events import (
+    INPUT_EVENT_TYPES,
+    ConsentChanged,
     DeadLetter,
+    EmailClicked,
     EngagementScored,
     Event,
     EventAttended,
+    EventNoShow,
     EventRSVP,
+    IdentityMerged,
+    LadderChanged,
     NudgeRequested,
     PetitionSigned,
+    SupporterBrought,
     SupporterSignup,
     TaskCreated,
+    TaskOutcome,
 )
 
 FOREVER = -1
@@ -43,15 +51,20 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("supporter.signup", SupporterSignup, "A person joined; carries consent."),
     TopicSpec("petition.signed", PetitionSigned, "A person signed a petition."),
     TopicSpec("event.rsvp", EventRSVP, "A person said they will come to a meeting."),
-    TopicSpec("event.attended", EventAttended, "A person came to a meeting."),
+    TopicSpec("event.attended", EventAttended, "A person came to (or hosted) a meeting."),
+    TopicSpec("event.no_show", EventNoShow, "A person said they would come and did not."),
+    TopicSpec("supporter.brought", SupporterBrought, "A person brought someone to a meeting."),
+    TopicSpec("task.outcome", TaskOutcome, "How an organiser's follow-up went."),
+    TopicSpec("email.clicked", EmailClicked, "A click on a link in one of our emails."),
+    TopicSpec("consent.changed", ConsentChanged, "Consent given or withdrawn after signup."),
+    TopicSpec("identity.merged", IdentityMerged, "Two supporter ids found to be one person."),
     TopicSpec("engagement.scored", EngagementScored, "Score and rung after each event."),
+    TopicSpec("ladder.changed", LadderChanged, "A supporter moved up or down the ladder."),
     TopicSpec("nudge.requested", NudgeRequested, "A message a rule wants sent.", 30 * DAY_MS),
     TopicSpec("task.created", TaskCreated, "An organiser follow-up task.", 30 * DAY_MS),
     TopicSpec("deadletter", DeadLetter, "Events that could not be processed.", 90 * DAY_MS),
 )
-INPUT_TOPICS: tuple[str, ...] = tuple(
-    t.name for t in TOPICS if t.model in (SupporterSignup, PetitionSigned, EventRSVP, EventAttended)
-)
+INPUT_TOPICS: tuple[str, ...] = tuple(t.name for t in TOPICS if t.name in INPUT_EVENT_TYPES)
 
 
 def topic_spec(name: str) -> TopicSpec:

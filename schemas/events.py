@@ -134,6 +134,45 @@ class RSVPFields(MeetingFields):
 
 class AttendedFields(MeetingFields):
     type: Literal["event.attended"] = "event.attended"
+    role: Literal["attendee", "host"] = Field(
+        default="attendee", description="'host' if they ran or hosted the meeting."
+    )
+    brought_by_email: Email | None = Field(
+        default=None, description="Who brought them, if the sign-in sheet says (email)."
+    )
+    brought_by_phone: Phone | None = Field(
+        default=None, description="Who brought them, if the sign-in sheet says (phone)."
+    )
+
+
+class NoShowFields(MeetingFields):
+    type: Literal["event.no_show"] = "event.no_show"
+
+
+class ByIdFields(Event):
+    """Events about a supporter already known by id (organiser tools, provider webhooks)."""
+
+    supporter_id: SupporterId
+
+
+class OutcomeFields(ByIdFields):
+    type: Literal["task.outcome"] = "task.outcome"
+    task_id: ShortText
+    outcome: Literal["positive", "neutral", "negative", "no_answer", "wrong_number"]
+    notes: str | None = Field(default=None, max_length=1000)
+
+
+class ClickFields(ByIdFields):
+    type: Literal["email.clicked"] = "email.clicked"
+    nudge_id: ShortText
+    url: str | None = Field(default=None, max_length=2000)
+
+
+class ConsentFields(ByIdFields):
+    type: Literal["consent.changed"] = "consent.changed"
+    channel: Literal["email", "sms"]
+    granted: bool
+    source: ShortText = Field(description="unsubscribe_link, sms_stop, form, organiser, ...")
 
 
 class SupporterSignup(SignupFields):
@@ -156,6 +195,63 @@ class EventAttended(AttendedFields):
     supporter_id: SupporterId
 
 
+class EventNoShow(NoShowFields):
+    topic = "event.no_show"
+    supporter_id: SupporterId
+
+
+class TaskOutcome(OutcomeFields):
+    topic = "task.outcome"
+
+
+class EmailClicked(ClickFields):
+    topic = "email.clicked"
+
+
+class ConsentChanged(ConsentFields):
+    topic = "consent.changed"
+
+
+class SupporterBrought(Event):
+    """Derived at ingest from a sign-in sheet's "brought by": credit for the one who brought."""
+
+    topic = "supporter.brought"
+    type: Literal["supporter.brought"] = "supporter.brought"
+    supporter_id: SupporterId = Field(description="Who brought someone.")
+    brought_supporter_id: SupporterId
+    meeting_id: ShortText
+
+
+class MergedAction(BaseModel):
+    """One action of a supporter merged into another, as much as the stream state needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    event_id: uuid.UUID
+    type: str
+    kind: str
+    event_time: AwareDatetime
+    area: str | None = None
+    consent_email: bool | None = None
+    consent_sms: bool | None = None
+
+
+class IdentityMerged(Event):
+    """Two supporter ids turned out to be one person (an event linked their email and phone).
+
+    Two records per merge: ``role='survivor'`` keyed by the id that stays, carrying the
+    absorbed id's actions so the survivor's state can take them in, and ``role='absorbed'``
+    keyed by the id that goes, so its state is dropped.
+    """
+
+    topic = "identity.merged"
+    type: Literal["identity.merged"] = "identity.merged"
+    supporter_id: SupporterId
+    role: Literal["survivor", "absorbed"]
+    survivor_id: SupporterId
+    absorbed_id: SupporterId
+    actions: list[MergedAction] = Field(default_factory=list)
+
+
 class SignupIn(Normalising, SignupFields):
     """A signup as posted to the ingest API, before the supporter id is derived."""
 
@@ -171,13 +267,46 @@ class RSVPIn(Normalising, RSVPFields):
 class AttendedIn(Normalising, AttendedFields):
     """An attendance as posted to the ingest API or read from a sign-in sheet."""
 
+    @field_validator("brought_by_email", mode="before")
+    @classmethod
+    def _brought_by_email(cls, value: object) -> object:
+        return _normalised(value, normalise_email)
 
-IngestEvent = Annotated[SignupIn | PetitionIn | RSVPIn | AttendedIn, Field(discriminator="type")]
+    @field_validator("brought_by_phone", mode="before")
+    @classmethod
+    def _brought_by_phone(cls, value: object) -> object:
+        return _normalised(value, normalise_phone)
+
+
+class NoShowIn(Normalising, NoShowFields):
+    """A person who said they would come and did not, as marked on the sign-in sheet."""
+
+
+class OutcomeIn(OutcomeFields):
+    """An organiser's record of how a follow-up went."""
+
+
+class ClickIn(ClickFields):
+    """A click on a link in one of our emails (from the email provider's webhook)."""
+
+
+class ConsentIn(ConsentFields):
+    """A consent given or withdrawn outside a signup (unsubscribe link, STOP, organiser)."""
+
+
+IngestEvent = Annotated[
+    SignupIn | PetitionIn | RSVPIn | AttendedIn | NoShowIn | OutcomeIn | ClickIn | ConsentIn,
+    Field(discriminator="type"),
+]
 INGEST_TO_TOPIC: dict[type[Event], type[Event]] = {
     SignupIn: SupporterSignup,
     PetitionIn: PetitionSigned,
     RSVPIn: EventRSVP,
     AttendedIn: EventAttended,
+    NoShowIn: EventNoShow,
+    OutcomeIn: TaskOutcome,
+    ClickIn: EmailClicked,
+    ConsentIn: ConsentChanged,
 }
 
 
@@ -194,6 +323,22 @@ class EngagementScored(Event):
     half_life_days: float
 
 
+class LadderChanged(Event):
+    """A supporter moved up or down the ladder: after an event, or as time passed (lapse)."""
+
+    topic = "ladder.changed"
+    type: Literal["ladder.changed"] = "ladder.changed"
+    supporter_id: SupporterId
+    rung: str
+    previous_rung: str | None
+    direction: Literal["up", "down"]
+    reason: str = Field(description="Why the new rung holds, in words.")
+    score: float
+    cause_event_id: uuid.UUID | None = Field(
+        default=None, description="The event that moved them; none when time did (a lapse)."
+    )
+
+
 class NudgeRequested(Event):
     """A message a rule wants sent; ``nudge_id`` is its idempotency key."""
 
@@ -206,6 +351,9 @@ class NudgeRequested(Event):
     rule: ShortText
     cause_event_id: uuid.UUID
     context: dict[str, str] = Field(default_factory=dict)
+    holdout: bool = Field(
+        default=False, description="In the rule's hold-out group: recorded, never sent."
+    )
 
 
 class TaskCreated(Event):
@@ -221,6 +369,10 @@ class TaskCreated(Event):
     area: str | None = None
     rule: ShortText
     cause_event_id: uuid.UUID
+    priority: Literal["high", "normal", "low"] = "normal"
+    holdout: bool = Field(
+        default=False, description="In the rule's hold-out group: recorded, not queued."
+    )
 
 
 class DeadLetter(Event):
@@ -239,11 +391,26 @@ class DeadLetter(Event):
 
 
 INPUT_EVENT_TYPES: dict[str, type[Event]] = {
-    m.topic: m for m in (SupporterSignup, PetitionSigned, EventRSVP, EventAttended)
+    m.topic: m
+    for m in (
+        SupporterSignup,
+        PetitionSigned,
+        EventRSVP,
+        EventAttended,
+        EventNoShow,
+        SupporterBrought,
+        TaskOutcome,
+        EmailClicked,
+        ConsentChanged,
+        IdentityMerged,
+    )
 }
 EVENT_TYPES: dict[str, type[Event]] = {
     **INPUT_EVENT_TYPES,
-    **{m.topic: m for m in (EngagementScored, NudgeRequested, TaskCreated, DeadLetter)},
+    **{
+        m.topic: m
+        for m in (EngagementScored, LadderChanged, NudgeRequested, TaskCreated, DeadLetter)
+    },
 }
 
 

@@ -1,150 +1,570 @@
-"""The per-supporter state machine: fold an event into state, return the events it causes."""
+"""The per-supporter state machine: fold an event into state, return the events it causes.
+
+``Engine`` runs a playbook: it keeps each supporter's actions (streams/scoring.py), scores
+them, places the supporter on the ladder, and decides which rules fire. ``tick`` is the
+timer over all states: lapse rules and rungs that fall as time passes, driven by a clock the
+caller passes in (so tests can move it). ``engage explain`` runs the same fold with a
+``Trace`` to say why each number is what it is.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from schemas.events import (
+    ConsentChanged,
+    EmailClicked,
     EngagementScored,
     Event,
     EventAttended,
+    EventNoShow,
+    EventRSVP,
+    IdentityMerged,
+    LadderChanged,
     NudgeRequested,
     PetitionSigned,
+    SupporterBrought,
     SupporterSignup,
     TaskCreated,
+    TaskOutcome,
     derived_event_id,
 )
-from streams.scoring import Action, rung, score
+from streams.playbook import Playbook, Rule, SendAction
+from streams.scoring import (
+    DAY_S,
+    EPOCH,
+    KIND_CODE,
+    Check,
+    Scorer,
+    View,
+    pack,
+    pack_all,
+    to_datetime,
+    to_packed_time,
+    unpack_all,
+)
 
-FOLLOW_UP_WITHIN = timedelta(hours=48)
+MERGED = -1
+"""The rung of a supporter id merged into another: its state is gone, its events ignored."""
+_LAPSE_NAMESPACE = uuid.UUID("6f1c1e52-8a8e-4c55-9d4b-2b8f3f0c7d11")
 
 
-@dataclass(slots=True)
 class SupporterState:
-    """What the stream keeps per supporter: actions by event id, rules fired, last rung."""
+    """What the stream keeps per supporter, about 300 bytes for a typical one.
 
-    actions: dict[str, Action] = field(default_factory=dict)
-    fired: set[str] = field(default_factory=set)
+    ``actions`` and ``fired`` are packed 64-bit values (streams/scoring.py): kept actions,
+    and per rule the time it last fired (rule index << 32 | seconds since 2000).
+    ``latest`` is the newest action's time, ``rung`` an index into the ladder.
+    """
+
+    __slots__ = ("actions", "area", "fired", "latest", "rung")
+
+    def __init__(self) -> None:
+        self.actions = b""
+        self.fired = b""
+        self.latest = 0
+        self.rung = 0
+        self.area: str | None = None
+
+    def last_fired(self, rule: int) -> int | None:
+        for value in unpack_all(self.fired):
+            if value >> 32 == rule:
+                return value & 0xFFFFFFFF
+        return None
+
+    def record_fired(self, rule: int, t: int) -> None:
+        kept = [v for v in unpack_all(self.fired) if v >> 32 != rule]
+        previous = self.last_fired(rule)
+        kept.append(rule << 32 | max(t, previous or 0))
+        self.fired = pack_all(kept)
+
+
+class FutureEvent(ValueError):
+    """An event dated too far after it reached the log: refused, with the reason."""
+
+
+Decision = Literal["fired", "held out", "suppressed"]
+
+
+@dataclass
+class RuleDecision:
+    rule: str
+    decision: Decision
+    reason: str
+    output_id: str | None = None
+
+
+@dataclass
+class TraceEntry:
+    """What one event did: to the actions kept, the score, the rung, and the rules."""
+
+    event_id: str
+    kind: str
+    at: datetime
+    outcome: str
+    score: float | None = None
     rung: str | None = None
-    area: str | None = None
-    latest: float = 0.0
-
-    @property
-    def meetings_attended(self) -> int:
-        return sum(1 for a in self.actions.values() if a.kind == "event.attended")
+    rules: list[RuleDecision] = field(default_factory=list)
 
 
-def apply_event(
-    state: SupporterState, event: Event, half_life_days: float, emit: bool = True
-) -> list[Event]:
-    """Fold ``event`` into ``state`` (in place) and return what it causes.
+@dataclass
+class Trace:
+    entries: list[TraceEntry] = field(default_factory=list)
 
-    Outputs are built with ``model_construct`` from already-validated values: they are
-    ours, and validating them again would cost more than the rest of the fold.
+    def current(self) -> TraceEntry | None:
+        return self.entries[-1] if self.entries else None
 
-    A repeated event id changes nothing and causes nothing, so redelivery is harmless.
-    With ``emit=False`` the state is rebuilt (replay) and nothing is returned.
-    """
-    event_key = str(event.event_id)
-    if event_key in state.actions:
-        return []
-    attended_before = state.meetings_attended
-    at = event.event_time.timestamp()
-    state.actions[event_key] = Action(event.topic, at)
-    state.latest = max(state.latest, at)
-    area = getattr(event, "area", None)
-    if area:
-        state.area = area
-    current = score(state.actions.values(), state.latest, half_life_days)
-    previous_rung, state.rung = state.rung, rung(state.actions.values(), state.latest, current)
-    if not emit:
-        for rule_key in _rules(state, event, attended_before):
-            state.fired.add(rule_key[0])
-        return []
-    sid = _supporter(event)
-    outputs: list[Event] = [
-        EngagementScored.model_construct(
-            event_id=derived_event_id(event.event_id, "scored"),
-            event_time=datetime.fromtimestamp(state.latest, UTC),
+
+class Engine:
+    """A compiled playbook: fold, rules and timers. One per stream worker."""
+
+    def __init__(self, playbook: Playbook) -> None:
+        self.playbook = playbook
+        self.scorer = Scorer(playbook)
+        self.half_life_days = playbook.model.scoring.half_life_days
+        self.rules = list(playbook.model.rules)
+        self.rule_checks: list[list[Check]] = [self.scorer.compile(r.when) for r in self.rules]
+        self.on_event: dict[int, list[int]] = {}
+        self.on_reached: dict[int, list[int]] = {}
+        self.on_lost: dict[int, list[int]] = {}
+        self.on_lapse: list[int] = []
+        names = playbook.rung_names
+        for index, rule in enumerate(self.rules):
+            trigger = rule.trigger
+            if trigger.event is not None:
+                self.on_event.setdefault(KIND_CODE[trigger.event], []).append(index)
+            elif trigger.rung_reached is not None:
+                self.on_reached.setdefault(names.index(trigger.rung_reached), []).append(index)
+            elif trigger.rung_lost is not None:
+                self.on_lost.setdefault(names.index(trigger.rung_lost), []).append(index)
+            else:
+                self.on_lapse.append(index)
+        self.on_lapse.sort(key=lambda i: self.rules[i].trigger.no_activity_days or 0)
+
+    # -- the fold ----------------------------------------------------------------------
+
+    def apply(
+        self,
+        state: SupporterState,
+        event: Event,
+        arrived: float | None = None,
+        emit: bool = True,
+        trace: Trace | None = None,
+    ) -> list[Event]:
+        """Fold ``event`` into ``state`` (in place) and return what it causes.
+
+        ``arrived`` is when the event reached the log (Unix seconds): events dated more than
+        the playbook's tolerance after it raise FutureEvent, and rules do not fire for events
+        that arrive later than their ``stale_after_hours``. A repeated event changes nothing
+        and causes nothing. With ``emit=False`` the state is rebuilt (replay): rules are
+        decided and recorded as fired, and nothing is returned.
+        """
+        if state.rung == MERGED:
+            if trace is not None:
+                trace.entries.append(
+                    TraceEntry(str(event.event_id), event.topic, event.event_time, "merged away")
+                )
+            return []
+        at = to_packed_time(event.event_time)
+        if arrived is not None and at + EPOCH > arrived + self.scorer.future_tolerance_s:
+            hours = (at + EPOCH - arrived) / 3600
+            raise FutureEvent(
+                f"event_time is {hours:.1f} h after the event arrived (tolerance "
+                f"{self.scorer.future_tolerance_s / 3600:g} h)"
+            )
+        if isinstance(event, IdentityMerged):
+            if event.role == "absorbed":
+                state.actions, state.fired, state.rung = b"", b"", MERGED
+                return []
+            kinds = [
+                (KIND_CODE[a.kind], to_packed_time(a.event_time), a.event_id.int, a.area)
+                for a in event.actions
+                if a.kind in KIND_CODE
+            ]
+            main = None
+        else:
+            main_kind, extra = _kinds(event)
+            fp = event.event_id.int
+            area = getattr(event, "area", None)
+            kinds = [(KIND_CODE[main_kind], at, fp, area)] + [
+                (KIND_CODE[k], at, fp, None) for k in extra
+            ]
+            main = KIND_CODE[main_kind]
+        scorer = self.scorer
+        outcome = "counted"
+        before = state.latest
+        for n, (code, t, fp, area) in enumerate(kinds):
+            state.actions, result = scorer.add(state.actions, pack(t, code, fp), state.latest)
+            if n == 0:
+                outcome = result
+            if result != "duplicate" and t >= state.latest:
+                state.latest = t
+                if area:
+                    state.area = area
+        if main is not None and outcome == "duplicate":
+            if trace is not None:
+                trace.entries.append(
+                    TraceEntry(str(event.event_id), event.topic, event.event_time, "duplicate")
+                )
+            return []
+        if state.latest > before:
+            state.actions = scorer.forget(state.actions, state.latest)
+        sid = event.key()
+        score = scorer.score(state.actions, state.latest)
+        view = scorer.view(state.actions, state.latest, score, 0, state.area)
+        previous, state.rung = state.rung, scorer.rung(view)
+        view = View(view.times, view.as_of, score, state.rung, state.area, view.consent)
+        entry = None
+        if trace is not None:
+            kind_name = "identity.merged" if main is None else _kinds(event)[0]
+            entry = TraceEntry(
+                str(event.event_id),
+                kind_name,
+                event.event_time,
+                outcome,
+                score,
+                self.playbook.rung_names[state.rung],
+            )
+            trace.entries.append(entry)
+        outputs: list[Event] = []
+        if emit:
+            outputs.append(
+                EngagementScored.model_construct(
+                    event_id=derived_event_id(event.event_id, "scored"),
+                    event_time=to_datetime(state.latest),
+                    supporter_id=sid,
+                    score=round(score, 6),
+                    rung=self.playbook.rung_names[state.rung],
+                    previous_rung=self.playbook.rung_names[previous] if before else None,
+                    cause_event_id=event.event_id,
+                    half_life_days=self.half_life_days,
+                )
+            )
+        candidates = self.on_event.get(main, []) if main is not None else []
+        if state.rung != previous:
+            # Everyone starts on the first rung: a newcomer who starts higher moved up too.
+            if emit:
+                outputs.append(self._ladder_changed(sid, previous, view, event.event_id))
+            candidates = candidates + self._rung_rules(previous, state.rung)
+        late = arrived - (at + EPOCH) if arrived is not None else 0.0
+        for index in candidates:
+            decision, output = self._decide(
+                index, state, view, sid, at, event, late=late, emit=emit
+            )
+            if entry is not None:
+                entry.rules.append(decision)
+            if output is not None:
+                outputs.append(output)
+        return outputs
+
+    def _rung_rules(self, previous: int, current: int) -> list[int]:
+        if current > previous:
+            return [i for r in range(previous + 1, current + 1) for i in self.on_reached.get(r, [])]
+        return [i for r in range(current + 1, previous + 1) for i in self.on_lost.get(r, [])]
+
+    def _ladder_changed(
+        self, sid: str, previous: int, view: View, cause: uuid.UUID | None, now: int = 0
+    ) -> LadderChanged:
+        names = self.playbook.rung_names
+        reason = "; ".join(self.scorer.explain_rung(view, view.rung)[:1])
+        event_id = (
+            derived_event_id(cause, f"ladder:{names[view.rung]}")
+            if cause is not None
+            else uuid.uuid5(_LAPSE_NAMESPACE, f"ladder:{sid}:{names[view.rung]}:{view.as_of}")
+        )
+        return LadderChanged.model_construct(
+            event_id=event_id,
+            event_time=to_datetime(view.as_of if cause is None else max(view.as_of, now)),
             supporter_id=sid,
-            score=round(current, 6),
-            rung=state.rung,
-            previous_rung=previous_rung,
-            cause_event_id=event.event_id,
-            half_life_days=half_life_days,
+            rung=names[view.rung],
+            previous_rung=names[previous],
+            direction="up" if view.rung > previous else "down",
+            reason=reason,
+            score=round(view.score, 6),
+            cause_event_id=cause,
         )
-    ]
-    for key, output in _rules(state, event, attended_before):
-        if key not in state.fired:
-            state.fired.add(key)
-            outputs.append(output)
-    return outputs
 
+    # -- rules -------------------------------------------------------------------------
 
-def _supporter(event: Event) -> str:
-    return str(getattr(event, "supporter_id"))  # noqa: B009 - every input event has one
-
-
-def _rules(state: SupporterState, event: Event, attended_before: int) -> list[tuple[str, Event]]:
-    """The spine's three rules. Each output's id is its idempotency key.
-
-    - welcome: an email on signup, once per supporter;
-    - first meeting: after the first meeting attended, a thank-you email and an organiser
-      follow-up task due within FOLLOW_UP_WITHIN of the meeting, once per supporter;
-    - invite signer: an SMS inviting a petition signer who has never attended to the next
-      local meeting, once per supporter.
-    """
-    sid = _supporter(event)
-    fired: list[tuple[str, Event]] = []
-
-    def nudge(
-        rule: str, channel: Literal["email", "sms"], template: str, context: dict[str, str]
-    ) -> None:
-        key = f"{rule}:{sid}"
-        fired.append(
-            (
-                key,
-                NudgeRequested.model_construct(
-                    event_id=derived_event_id(event.event_id, rule),
-                    event_time=event.event_time,
-                    nudge_id=key,
-                    supporter_id=sid,
-                    channel=channel,
-                    template=template,
-                    rule=rule,
-                    cause_event_id=event.event_id,
-                    context=context,
-                ),
+    def _decide(
+        self,
+        index: int,
+        state: SupporterState,
+        view: View,
+        sid: str,
+        t: int,
+        cause: Event | None,
+        late: float = 0.0,
+        emit: bool = True,
+        episode: int | None = None,
+    ) -> tuple[RuleDecision, Event | None]:
+        """Whether rule ``index`` fires for this supporter at ``t``; record it if so."""
+        rule = self.rules[index]
+        failing = [c for c in self.rule_checks[index] if not c.holds(view)]
+        if failing:
+            return _suppressed(rule, "conditions: " + "; ".join(c.describe(view) for c in failing))
+        action = rule.action
+        if isinstance(action, SendAction) and action.send not in view.consent:
+            return _suppressed(rule, f"no consent to {action.send}")
+        if late > rule.stale_after_hours * 3600:
+            return _suppressed(rule, f"stale: the event arrived {late / 3600:.0f} h after it")
+        last = state.last_fired(index)
+        if last is not None:
+            if rule.cooldown_days == "once":
+                return _suppressed(
+                    rule, f"cooldown: fired once already, {to_datetime(last):%Y-%m-%d}"
+                )
+            if episode is not None and last >= episode:
+                return _suppressed(rule, "cooldown: fired already for this quiet spell")
+            if abs(t - last) < rule.cooldown_days * DAY_S:
+                return _suppressed(
+                    rule,
+                    f"cooldown: fired {to_datetime(last):%Y-%m-%d}, "
+                    f"{rule.cooldown_days} days between firings",
+                )
+        state.record_fired(index, t)
+        held_out = _held_out(rule, sid)
+        output_id = _output_id(rule, sid, t, episode)
+        decision = RuleDecision(
+            rule.name,
+            "held out" if held_out else "fired",
+            f"hold-out group ({rule.holdout_percent:g}%): recorded, not sent"
+            if held_out
+            else "all conditions hold",
+            output_id,
+        )
+        if not emit:
+            return decision, None
+        if cause is not None:
+            cause_id = cause.event_id
+            event_id = derived_event_id(cause_id, rule.name)
+        else:
+            cause_id = uuid.uuid5(_LAPSE_NAMESPACE, f"lapse:{sid}:{episode}")
+            event_id = uuid.uuid5(_LAPSE_NAMESPACE, output_id)
+        when = to_datetime(t)
+        if isinstance(action, SendAction):
+            return decision, NudgeRequested.model_construct(
+                event_id=event_id,
+                event_time=when,
+                nudge_id=output_id,
+                supporter_id=sid,
+                channel=action.send,
+                template=action.template,
+                rule=rule.name,
+                cause_event_id=cause_id,
+                context=_context(state, cause),
+                holdout=held_out,
             )
+        return decision, TaskCreated.model_construct(
+            event_id=event_id,
+            event_time=when,
+            task_id=output_id,
+            supporter_id=sid,
+            kind=action.task,
+            reason=action.reason,
+            due_at=when + timedelta(hours=action.due_within_hours),
+            area=state.area,
+            rule=rule.name,
+            cause_event_id=cause_id,
+            priority=action.priority,
+            holdout=held_out,
         )
 
-    area = {"area": state.area} if state.area else {}
+    # -- timers ------------------------------------------------------------------------
+
+    def tick(
+        self, states: Mapping[str, SupporterState], now: float, emit: bool = True
+    ) -> list[Event]:
+        """What time alone causes, as of ``now`` (Unix seconds): lapse rules for supporters
+        quiet long enough (once per quiet spell), and rungs that fall as windows pass.
+
+        Lapse rules see the rung a supporter had at their last activity: "a regular who went
+        quiet" is still a regular to them.
+        """
+        outputs: list[Event] = []
+        t = int(now) - EPOCH
+        first_lapse = (
+            (self.rules[self.on_lapse[0]].trigger.no_activity_days or 0) * DAY_S
+            if self.on_lapse
+            else None
+        )
+        windowed = self.scorer.first_windowed_rung
+        for sid, state in states.items():
+            if state.rung == MERGED or not state.latest or t <= state.latest:
+                continue
+            lapsing = first_lapse is not None and t - state.latest >= first_lapse
+            if not lapsing and state.rung < windowed:
+                continue
+            outputs.extend(self._tick_one(sid, state, t, emit))
+        return outputs
+
+    def _tick_one(self, sid: str, state: SupporterState, t: int, emit: bool) -> list[Event]:
+        scorer = self.scorer
+        outputs: list[Event] = []
+        idle = t - state.latest
+        score = scorer.score(state.actions, t)
+        view = scorer.view(state.actions, t, score, state.rung, state.area)
+        for index in self.on_lapse:
+            if idle < (self.rules[index].trigger.no_activity_days or 0) * DAY_S:
+                break
+            _, output = self._decide(
+                index, state, view, sid, t, None, emit=emit, episode=state.latest
+            )
+            if output is not None:
+                outputs.append(output)
+        if state.rung >= scorer.first_windowed_rung:
+            current = scorer.rung(view)
+            if current < state.rung:
+                previous, state.rung = state.rung, current
+                view = View(view.times, t, score, current, state.area, view.consent)
+                if emit:
+                    outputs.append(self._ladder_changed(sid, previous, view, None))
+                for index in self._rung_rules(previous, current):
+                    _, output = self._decide(index, state, view, sid, t, None, emit=emit,
+                                             episode=state.latest)  # fmt: skip
+                    if output is not None:
+                        outputs.append(output)
+        return outputs
+
+    # -- explaining --------------------------------------------------------------------
+
+    def explain(
+        self, sid: str, events: Iterable[tuple[Event, float | None]], now: float
+    ) -> dict[str, Any]:
+        """Fold a supporter's events (with their arrival times) and say why: each kept action
+        and its decayed weight, the rung and why, every rule decision, what time will do."""
+        state = SupporterState()
+        trace = Trace()
+        refused: list[dict[str, str]] = []
+        for event, arrived in events:
+            try:
+                self.apply(state, event, arrived, emit=False, trace=trace)
+            except FutureEvent as exc:
+                refused.append({"event_id": str(event.event_id), "reason": str(exc)})
+        # What the stream's timer has done by now (lapse rules, rungs fallen as time passed).
+        self.tick({sid: state}, now, emit=False)
+        score = self.scorer.score(state.actions, state.latest)
+        view = self.scorer.view(state.actions, state.latest, score, state.rung, state.area)
+        names = self.playbook.rung_names
+        return {
+            "supporter_id": sid,
+            "merged": state.rung == MERGED,
+            "score": round(score, 6),
+            "as_of": to_datetime(state.latest).isoformat() if state.latest else None,
+            "half_life_days": self.half_life_days,
+            "rung": names[state.rung] if state.rung != MERGED else None,
+            "rung_why": self.scorer.explain_rung(view, state.rung) if state.rung != MERGED else [],
+            "consent": sorted(view.consent),
+            "contributions": [
+                {
+                    "kind": c.kind,
+                    "at": c.at.isoformat(),
+                    "weight": c.weight,
+                    "decay": round(c.factor, 6),
+                    "points": round(c.points, 6),
+                }
+                for c in self.scorer.contributions(state.actions, state.latest)
+                if c.weight
+            ],
+            "events": [
+                {
+                    "event_id": e.event_id,
+                    "kind": e.kind,
+                    "at": e.at.isoformat(),
+                    "outcome": e.outcome,
+                    "score": None if e.score is None else round(e.score, 6),
+                    "rung": e.rung,
+                    "rules": [vars(d) for d in e.rules],
+                }
+                for e in trace.entries
+            ],
+            "timers": self._timers(state, now),
+            "refused": refused,
+        }
+
+    def _timers(self, state: SupporterState, now: float) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for index in self.on_lapse:
+            rule = self.rules[index]
+            days = rule.trigger.no_activity_days or 0
+            due = state.latest + days * DAY_S
+            last = state.last_fired(index)
+            out.append(
+                {
+                    "rule": rule.name,
+                    "after_days_quiet": days,
+                    "due": to_datetime(due).isoformat() if state.latest else None,
+                    "fired_for_this_quiet_spell": last is not None and last >= state.latest > 0,
+                    "overdue": state.latest > 0 and now - EPOCH >= due,
+                }
+            )
+        return out
+
+
+def _kinds(event: Event) -> tuple[str, list[str]]:
+    """The action kind of an input event, and the consent actions it carries."""
     if isinstance(event, SupporterSignup):
-        nudge("welcome", "email", "welcome", area)
-    elif isinstance(event, EventAttended) and attended_before == 0:
-        meeting = {"meeting_title": event.meeting_title} if event.meeting_title else {}
-        nudge("first-meeting-thanks", "email", "thanks_first_meeting", {**area, **meeting})
-        key = f"first-meeting-follow-up:{sid}"
-        fired.append(
-            (
-                key,
-                TaskCreated.model_construct(
-                    event_id=derived_event_id(event.event_id, "first-meeting-follow-up"),
-                    event_time=event.event_time,
-                    task_id=key,
-                    supporter_id=sid,
-                    kind="first_meeting_follow_up",
-                    reason="Came to a first meeting: call to thank them and ask what brought them.",
-                    due_at=event.event_time + FOLLOW_UP_WITHIN,
-                    area=state.area,
-                    rule="first-meeting",
-                    cause_event_id=event.event_id,
-                ),
-            )
-        )
-    elif isinstance(event, PetitionSigned) and state.meetings_attended == 0:
-        petition = {"petition_title": event.petition_title} if event.petition_title else {}
-        nudge("invite-signer", "sms", "invite_next_meeting", {**area, **petition})
-    return fired
+        extra = [k for k, yes in (("email.opted_in", event.consent_email),
+                                  ("sms.opted_in", event.consent_sms)) if yes]  # fmt: skip
+        return "supporter.signup", extra
+    if isinstance(event, EventAttended):
+        return ("event.hosted" if event.role == "host" else "event.attended"), []
+    if isinstance(event, TaskOutcome):
+        return f"outcome.{event.outcome}", []
+    if isinstance(event, ConsentChanged):
+        return f"{event.channel}.{'opted_in' if event.granted else 'opted_out'}", []
+    for model, kind in _SIMPLE_KINDS:
+        if isinstance(event, model):
+            return kind, []
+    raise ValueError(f"no action kind for {event.topic}")
+
+
+_SIMPLE_KINDS: tuple[tuple[type[Event], str], ...] = (
+    (PetitionSigned, "petition.signed"),
+    (EventRSVP, "event.rsvp"),
+    (EventNoShow, "event.no_show"),
+    (SupporterBrought, "supporter.brought"),
+    (EmailClicked, "email.clicked"),
+)
+
+
+def action_kinds(event: Event) -> list[str]:
+    """Every action kind an input event adds (used to carry actions across an identity merge)."""
+    main, extra = _kinds(event)
+    return [main, *extra]
+
+
+def _suppressed(rule: Rule, reason: str) -> tuple[RuleDecision, None]:
+    return RuleDecision(rule.name, "suppressed", reason), None
+
+
+def _held_out(rule: Rule, sid: str) -> bool:
+    """A deterministic share of supporters per rule: the same on every replay and worker."""
+    if rule.holdout_percent <= 0:
+        return False
+    digest = hashlib.blake2b(f"{rule.name}:{sid}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % 10_000 < rule.holdout_percent * 100
+
+
+def _output_id(rule: Rule, sid: str, t: int, episode: int | None) -> str:
+    """The idempotency key of a rule's output, the same on every replay: once per supporter;
+    once per quiet spell (lapse); or once per cooldown-sized window of time."""
+    if episode is not None:
+        return f"{rule.name}:{sid}:quiet-since-{episode}"
+    if rule.cooldown_days == "once":
+        return f"{rule.name}:{sid}"
+    return f"{rule.name}:{sid}:{t // (rule.cooldown_days * DAY_S)}"
+
+
+def _context(state: SupporterState, cause: Event | None) -> dict[str, str]:
+    context = {"area": state.area} if state.area else {}
+    for name in ("meeting_title", "petition_title"):
+        value = getattr(cause, name, None)
+        if value:
+            context[name] = value
+    return context

@@ -1,70 +1,321 @@
-"""Engagement score and ladder rung: pure functions of a supporter's actions, in event time."""
+"""Engagement score and ladder rung: pure functions of a supporter's kept actions, in event time.
+
+A supporter's actions are kept packed, eight bytes each, in one ``bytes`` value: seconds since
+2000-01-01 UTC (32 bits), the action kind (8 bits) and a 24-bit fingerprint of the event id.
+Sorted, they order by time, then kind, then fingerprint, which is the order caps use.
+
+What is kept does not depend on the order events arrive in:
+
+- a repeat (same time, kind and fingerprint) is dropped;
+- of the actions of one kind in one cap window (``per_days`` days from 2000-01-01), only the
+  ``cap`` earliest are kept, so a late, earlier action displaces a later one;
+- actions more than ``forget_after_days`` older than the newest action seen are dropped;
+- of a channel's consent actions (opted in, opted out), only the newest is kept, and it is
+  never forgotten.
+
+The score is ``fsum`` of weight x 2^-(age / half-life) over the kept actions, at the time of the
+newest action; ``fsum`` is exactly rounded, so the sum does not depend on the order either.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-DAY_S = 86_400.0
+from streams.playbook import CONSENT_KINDS, KINDS, Conditions, Count, Playbook
 
-WEIGHTS: dict[str, float] = {
-    "supporter.signup": 1.0,
-    "petition.signed": 2.0,
-    "event.rsvp": 3.0,
-    "event.attended": 10.0,
-}
-"""Points an action is worth on the day it happens; it then halves every half-life."""
+EPOCH = 946_684_800
+"""2000-01-01 00:00 UTC in Unix seconds: packed times count from here (the API refuses
+anything earlier)."""
+DAY_S = 86_400
+KIND_CODE: dict[str, int] = {kind: code for code, kind in enumerate(KINDS)}
+_FP_MASK = 0xFFFFFF
 
-RUNGS: tuple[str, ...] = ("supporter", "signer", "attendee", "regular", "leader_candidate")
-REGULAR_MEETINGS, REGULAR_WINDOW_DAYS = 3, 90
-LEADER_MEETINGS, LEADER_WINDOW_DAYS, LEADER_MIN_SCORE = 5, 180, 40.0
+
+def pack(t: int, kind: int, fingerprint: int) -> int:
+    return t << 32 | kind << 24 | (fingerprint & _FP_MASK)
+
+
+def unpack_all(packed: bytes) -> tuple[int, ...]:
+    return struct.unpack(f"<{len(packed) >> 3}Q", packed)
+
+
+def pack_all(values: Sequence[int]) -> bytes:
+    return struct.pack(f"<{len(values)}Q", *values)
+
+
+def time_of(value: int) -> int:
+    return value >> 32
+
+
+def kind_of(value: int) -> int:
+    return (value >> 24) & 0xFF
+
+
+def to_datetime(t: int) -> datetime:
+    return datetime.fromtimestamp(t + EPOCH, UTC)
+
+
+def to_packed_time(moment: datetime) -> int:
+    return int(moment.timestamp()) - EPOCH
 
 
 @dataclass(frozen=True, slots=True)
-class Action:
-    """One scored action: its kind (the event type) and when it happened (epoch seconds)."""
+class Contribution:
+    """One kept action's part of the score: its weight, decayed to the score's moment."""
 
     kind: str
-    at: float
+    at: datetime
+    weight: float
+    factor: float
+
+    @property
+    def points(self) -> float:
+        return self.weight * self.factor
 
 
-def score(actions: Iterable[Action], as_of: float, half_life_days: float) -> float:
-    """Decayed weighted sum at ``as_of``: sum of weight * 2^-(age / half-life).
+@dataclass(frozen=True, slots=True)
+class View:
+    """What conditions look at: kept action times by kind, the moment, the score, the rung."""
 
-    ``math.fsum`` is exactly rounded, so the result does not depend on the order of the
-    actions; actions later than ``as_of`` count at full weight (they are never in the future
-    of the newest action, which is what callers pass as ``as_of``).
-    """
-    half_life_s = half_life_days * DAY_S
-    return math.fsum(
-        WEIGHTS.get(a.kind, 0.0) * 2.0 ** (-max(as_of - a.at, 0.0) / half_life_s) for a in actions
+    times: dict[int, list[int]]
+    as_of: int
+    score: float
+    rung: int = 0
+    area: str | None = None
+    consent: frozenset[str] = frozenset()
+
+
+class Check:
+    """One compiled condition: whether it holds for a view, and why, in words."""
+
+    def __init__(self, holds: Callable[[View], bool], describe: Callable[[View], str]) -> None:
+        self.holds = holds
+        self.describe = describe
+
+
+class Scorer:
+    """A playbook's scoring and ladder, compiled for the stream's per-event fold."""
+
+    def __init__(self, playbook: Playbook) -> None:
+        scoring = playbook.model.scoring
+        self.half_life_s = scoring.half_life_days * DAY_S
+        self.forget_s = scoring.forget_after_days * DAY_S
+        self.future_tolerance_s = scoring.future_tolerance_hours * 3600
+        self.weights = [0.0] * len(KINDS)
+        self.caps: list[tuple[int, int] | None] = [None] * len(KINDS)
+        for kind, spec in scoring.actions.items():
+            self.weights[KIND_CODE[kind]] = spec.weight
+            if spec.cap is not None:
+                self.caps[KIND_CODE[kind]] = (spec.cap, spec.per_days * DAY_S)
+        self.consent_channel: dict[int, str] = {
+            KIND_CODE[kind]: channel for channel, kinds in CONSENT_KINDS.items() for kind in kinds
+        }
+        self.opted_in = {KIND_CODE[kinds[0]]: channel for channel, kinds in CONSENT_KINDS.items()}
+        self.rung_names = playbook.rung_names
+        self.rung_checks: list[list[Check]] = []
+        for rung in playbook.model.ladder:
+            self.rung_checks.append(self.compile(rung.when, ladder=True))
+        # The lowest rung whose conditions look back over a window: rungs below it cannot fall.
+        self.first_windowed_rung = next(
+            (i for i, r in enumerate(playbook.model.ladder) if _has_window(r.when)),
+            len(self.rung_names),
+        )
+
+    # -- keeping actions ---------------------------------------------------------------
+
+    def add(self, packed: bytes, value: int, latest: int) -> tuple[bytes, str]:
+        """Add one packed action; return the new packed actions and what became of it:
+        'counted', 'duplicate', 'over cap', 'forgotten' or 'superseded'."""
+        values = list(unpack_all(packed))
+        if value in values:
+            return packed, "duplicate"
+        kind = kind_of(value)
+        t = time_of(value)
+        channel = self.consent_channel.get(kind)
+        if channel is not None:
+            same = [v for v in values if self.consent_channel.get(kind_of(v)) == channel]
+            if any(v > value for v in same):
+                return packed, "superseded"
+            values = [v for v in values if v not in same]
+        elif t < latest - self.forget_s:
+            return packed, "forgotten"
+        else:
+            cap = self.caps[kind]
+            if cap is not None:
+                limit, window = cap
+                slot = t // window
+                same = [v for v in values if kind_of(v) == kind and time_of(v) // window == slot]
+                if len(same) >= limit:
+                    last = max(same)
+                    if value > last:
+                        return packed, "over cap"
+                    values.remove(last)
+        values.append(value)
+        values.sort()
+        return pack_all(values), "counted"
+
+    def forget(self, packed: bytes, latest: int) -> bytes:
+        """Drop actions too old to count any more (consent actions stay)."""
+        horizon = latest - self.forget_s
+        values = unpack_all(packed)
+        if not values or time_of(values[0]) >= horizon:
+            return packed
+        kept = [v for v in values if time_of(v) >= horizon or kind_of(v) in self.consent_channel]
+        return pack_all(kept)
+
+    # -- score and rung ----------------------------------------------------------------
+
+    def contributions(self, packed: bytes, as_of: int) -> Iterator[Contribution]:
+        """Each kept action's weight and decay factor at ``as_of`` (actions after it count in
+        full). ``score`` is the exact sum of these; ``engage explain`` lists them."""
+        half_life = self.half_life_s
+        for value in unpack_all(packed):
+            kind = kind_of(value)
+            t = time_of(value)
+            factor = 2.0 ** (-max(as_of - t, 0) / half_life)
+            yield Contribution(KINDS[kind], to_datetime(t), self.weights[kind], factor)
+
+    def score(self, packed: bytes, as_of: int) -> float:
+        return math.fsum(c.weight * c.factor for c in self.contributions(packed, as_of))
+
+    def view(
+        self, packed: bytes, as_of: int, score: float, rung: int = 0, area: str | None = None
+    ) -> View:
+        times: dict[int, list[int]] = {}
+        consent: dict[str, bool] = {}
+        for value in unpack_all(packed):
+            kind = kind_of(value)
+            times.setdefault(kind, []).append(time_of(value))
+            channel = self.consent_channel.get(kind)
+            if channel is not None:
+                consent[channel] = kind in self.opted_in
+        granted = frozenset(c for c, yes in consent.items() if yes)
+        return View(times, as_of, score, rung, area, granted)
+
+    def rung(self, view: View) -> int:
+        """The highest rung whose conditions hold (the first rung always does)."""
+        for index in range(len(self.rung_checks) - 1, 0, -1):
+            if all(check.holds(view) for check in self.rung_checks[index]):
+                return index
+        return 0
+
+    def explain_rung(self, view: View, rung: int) -> list[str]:
+        """Why ``rung`` holds and, if there is one, what the next rung still needs."""
+        lines = [f"{self.rung_names[rung]}: " + _why(self.rung_checks[rung], view)]
+        if rung + 1 < len(self.rung_checks):
+            lines.append(
+                f"next, {self.rung_names[rung + 1]}: "
+                + _why(self.rung_checks[rung + 1], view, only_failing=True)
+            )
+        return lines
+
+    # -- conditions --------------------------------------------------------------------
+
+    def compile(self, when: Conditions, ladder: bool = False) -> list[Check]:
+        """Turn conditions into checks; all of them must hold.
+
+        In the ladder, ``rung_at_least`` means that lower rung's conditions hold (the rung
+        being computed is not known yet); in a rule, that the current rung is that high.
+        """
+        checks: list[Check] = []
+        names = self.rung_names
+        if when.rung_in is not None:
+            wanted = frozenset(names.index(n) for n in when.rung_in)
+            checks.append(
+                Check(
+                    lambda v: v.rung in wanted,
+                    lambda v: (
+                        f"rung is {names[v.rung]}, wanted one of {', '.join(when.rung_in or [])}"
+                    ),
+                )
+            )
+        if when.rung_at_least is not None:
+            floor = names.index(when.rung_at_least)
+            below = self.rung_checks[floor] if ladder else None
+            checks.append(
+                Check(
+                    (lambda v: all(c.holds(v) for c in below))
+                    if below is not None
+                    else (lambda v: v.rung >= floor),
+                    lambda v: f"at least {names[floor]}",
+                )
+            )
+        if when.score_at_least is not None:
+            low = when.score_at_least
+            checks.append(
+                Check(lambda v: v.score >= low, lambda v: f"score {v.score:.1f} >= {low:g}")
+            )
+        if when.score_below is not None:
+            high = when.score_below
+            checks.append(
+                Check(lambda v: v.score < high, lambda v: f"score {v.score:.1f} < {high:g}")
+            )
+        if when.consent is not None:
+            channel = when.consent
+            checks.append(Check(lambda v: channel in v.consent, lambda v: f"consents to {channel}"))
+        if when.area_in is not None:
+            areas = frozenset(when.area_in)
+            checks.append(
+                Check(lambda v: v.area in areas, lambda v: f"area {v.area or 'unknown'} wanted")
+            )
+        for flag, kinds in (
+            (when.has_rsvped, ("event.rsvp",)),
+            (when.has_attended, ("event.attended", "event.hosted")),
+        ):
+            if flag is not None:
+                checks.append(self._count(Count(of=list(kinds), at_least=1 if flag else 0,
+                                                 at_most=None if flag else 0)))  # fmt: skip
+        checks.extend(self._count(count) for count in when.count)
+        if when.any:
+            alternatives = [self.compile(sub, ladder) for sub in when.any]
+            checks.append(
+                Check(
+                    lambda v: any(all(c.holds(v) for c in alt) for alt in alternatives),
+                    lambda v: "any of: " + "; or ".join(_why(alt, v) for alt in alternatives),
+                )
+            )
+        return checks
+
+    def _count(self, count: Count) -> Check:
+        codes = tuple(KIND_CODE[k] for k in count.kinds)
+        window = count.within_days * DAY_S if count.within_days else None
+        low, high = count.at_least, count.at_most
+        label = " or ".join(count.kinds)
+
+        def number(v: View) -> int:
+            if window is None:
+                return sum(len(v.times.get(code, ())) for code in codes)
+            since = v.as_of - window
+            return sum(1 for code in codes for t in v.times.get(code, ()) if t >= since)
+
+        def holds(v: View) -> bool:
+            n = number(v)
+            return n >= low and (high is None or n <= high)
+
+        def describe(v: View) -> str:
+            span = f" in {count.within_days} days" if count.within_days else ""
+            wanted = f"at least {low}" if high is None else f"{low} to {high}"
+            return f"{label}: {number(v)}{span} (wanted {wanted})"
+
+        return Check(holds, describe)
+
+
+def _why(checks: list[Check], view: View, only_failing: bool = False) -> str:
+    parts = [
+        f"{'yes' if check.holds(view) else 'no'}, {check.describe(view)}"
+        for check in checks
+        if not (only_failing and check.holds(view))
+    ]
+    return "; ".join(parts) if parts else "always"
+
+
+def _has_window(when: Conditions) -> bool:
+    return (
+        any(c.within_days for c in when.count)
+        or when.score_at_least is not None
+        or any(_has_window(sub) for sub in when.any)
     )
-
-
-def rung(actions: Iterable[Action], as_of: float, current_score: float) -> str:
-    """The ladder rung, from counts within windows (days) and the score.
-
-    supporter: any action; signer: signed a petition; attendee: came to a meeting;
-    regular: REGULAR_MEETINGS meetings within REGULAR_WINDOW_DAYS; leader_candidate:
-    LEADER_MEETINGS meetings within LEADER_WINDOW_DAYS and a score of LEADER_MIN_SCORE or more.
-    Rungs go down again when meetings fall out of their windows.
-    """
-    signed = attended = recent_regular = recent_leader = 0
-    for action in actions:
-        if action.kind == "petition.signed":
-            signed += 1
-        elif action.kind == "event.attended":
-            attended += 1
-            age_days = (as_of - action.at) / DAY_S
-            recent_regular += age_days <= REGULAR_WINDOW_DAYS
-            recent_leader += age_days <= LEADER_WINDOW_DAYS
-    if recent_leader >= LEADER_MEETINGS and current_score >= LEADER_MIN_SCORE:
-        return "leader_candidate"
-    if recent_regular >= REGULAR_MEETINGS:
-        return "regular"
-    if attended:
-        return "attendee"
-    if signed:
-        return "signer"
-    return "supporter"

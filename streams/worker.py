@@ -11,7 +11,8 @@ so consumers act once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from infra.kafka import CONSUMER_DEFAULTS, Record, dead_letter
 from schemas.catalogue import INPUT_TOPICS, TOPICS
 from schemas.events import INPUT_EVENT_TYPES, Event
-from streams.engagement import SupporterState, apply_event
+from streams.engagement import Engine, SupporterState
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +39,7 @@ class EngagementProcessor:
     which is what may be committed.
     """
 
-    half_life_days: float
+    engine: Engine
     states: dict[int, dict[str, SupporterState]] = field(default_factory=dict)
     restore_until: dict[tuple[str, int], int] = field(default_factory=dict)
     held: dict[int, list[tuple[str, Any]]] = field(default_factory=dict)
@@ -72,6 +73,18 @@ class EngagementProcessor:
                 outputs.extend(self._live(held_topic, partition, message))
         return outputs
 
+    def tick(self, now: float) -> list[tuple[int, Record]]:
+        """What time alone causes (lapse rules, falling rungs), for the partitions restored."""
+        outputs: list[tuple[int, Record]] = []
+        for partition, states in self.states.items():
+            if self.restoring(partition):
+                continue
+            outputs.extend(
+                (partition, (out.topic, out.key().encode(), out.model_dump_json().encode()))
+                for out in self.engine.tick(states, now)
+            )
+        return outputs
+
     def _live(self, topic: str, partition: int, message: Any) -> list[Record]:
         self.done[(topic, partition)] = message.offset + 1
         return self._fold(topic, partition, message, emit=True)
@@ -84,7 +97,8 @@ class EngagementProcessor:
             state = states.get(sid)
             if state is None:
                 state = states[sid] = SupporterState()
-            caused = apply_event(state, event, self.half_life_days, emit)
+            arrived = message.timestamp / 1000 if message.timestamp else None
+            caused = self.engine.apply(state, event, arrived, emit)
         except Exception as exc:  # a bad event must not stop the partition
             if not emit:
                 return []
@@ -125,11 +139,20 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class StreamWorker:
     def __init__(
-        self, bootstrap: str, half_life_days: float, group_id: str = "engage-stream"
+        self,
+        bootstrap: str,
+        engine: Engine,
+        group_id: str = "engage-stream",
+        clock: Callable[[], float] = time.time,
+        tick_seconds: float = 60.0,
     ) -> None:
+        """``clock`` tells the time lapse timers go by (tests move it); every
+        ``tick_seconds`` of real time the worker asks what that time has caused."""
         self.bootstrap = bootstrap
         self.group_id = group_id
-        self.processor = EngagementProcessor(half_life_days)
+        self.processor = EngagementProcessor(engine)
+        self.clock = clock
+        self.tick_seconds = tick_seconds
         self.processed = 0
         self.co_partitioned = False
         self._settling: asyncio.Task[None] | None = None
@@ -155,11 +178,15 @@ class StreamWorker:
         self.co_partitioned = len(counts) == 1
         self.consumer.subscribe(list(INPUT_TOPICS), listener=_Rebalance(self))
         await self.consumer.start()
+        next_tick = time.monotonic() + self.tick_seconds
         try:
             while not stop.is_set():
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=5000)
                 if batches:
                     await self._handle(batches)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.tick_seconds
+                    await self._tick()
             await self.settle()
         finally:
             await self.consumer.stop()
@@ -181,6 +208,12 @@ class StreamWorker:
         events = sum(len(m) for m in batches.values())
         self.processed += events
         log.info("stream.batch", events=events, outputs=len(outputs), partitions=len(batches))
+
+    async def _tick(self) -> None:
+        outputs = self.processor.tick(self.clock())
+        if outputs:
+            await asyncio.gather(*await self._publish(outputs))
+            log.info("stream.tick", outputs=len(outputs))
 
     async def _publish(self, outputs: list[tuple[int, Record]]) -> list[asyncio.Future[Any]]:
         """Send the outputs; co-partitioned, as one record batch per topic-partition."""
