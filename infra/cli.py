@@ -126,7 +126,7 @@ def _engine(settings: Settings) -> Any:
     from streams.engagement import Engine
     from streams.playbook import load_playbook
 
-    return Engine(load_playbook(settings.playbook, TemplateBook().names()))
+    return Engine(load_playbook(settings.playbook, TemplateBook().names))
 
 
 def _dispatcher(settings: Settings) -> Any:

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     )
     max_batch: int = Field(default=1000, ge=1, description="Most events in one ingest request.")
     playbook: Path | None = Field(
-        default=None, description="Playbook YAML (scoring, ladder, rules); default: the shipped one."
+        default=None,
+        description="Playbook YAML (scoring, ladder, rules); default: the shipped one.",
     )
     lapse_check_seconds: float = Field(
         default=60.0, gt=0, description="How often the stream looks for lapses and falling rungs."

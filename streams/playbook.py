@@ -209,7 +209,7 @@ def load_playbook(
 ) -> Playbook:
     """Load and validate a playbook file (the default one when ``path`` is None).
 
-    ``templates`` lists the (name, channel) pairs that exist (``TemplateBook.names()``);
+    ``templates`` lists the (name, channel) pairs that exist (``TemplateBook.names``);
     when given, every send action must name one of them.
     """
     path = Path(path) if path is not None else DEFAULT_PLAYBOOK
@@ -361,5 +361,7 @@ def _where(
             break
     else:
         line = 1
-    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    field = "".join(
+        f"[{p}]" if isinstance(p, int) else f'["{p}"]' if "." in p else f".{p}" for p in path
+    ).lstrip(".")
     return f"{source}:{line}: {field or '(top)'}: {reason}"
