@@ -70,7 +70,11 @@ class LedgerEvent(Base):
     accepted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     published: Mapped[bool] = mapped_column(Boolean, default=False)
 
-    __table_args__ = (Index("ix_ledger_unpublished", "published", "seq"),)
+    __table_args__ = (
+        Index("ix_ledger_unpublished", "published", "seq"),
+        # A supporter's history: `engage explain`, and an identity merge's actions.
+        Index("ix_ledger_key", "key", "seq"),
+    )
 
 
 class Supporter(Base):

@@ -13,13 +13,12 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from producers.ledger import record_events
+from producers.ledger import IdentityConflict, Ingested, ingest_events
 from schemas.events import INGEST_TO_TOPIC, Event, IngestEvent
-from schemas.identity import supporter_id
 
 log = structlog.get_logger(__name__)
 _INGEST = TypeAdapter(IngestEvent)
@@ -57,8 +56,8 @@ class IngestService:
     token: str
     max_batch: int = 1000
 
-    def to_topic_event(self, payload: Any, prefix: str) -> Event | list[FieldError]:
-        """Validate one posted event and derive its supporter id; or say what is wrong."""
+    def parse(self, payload: Any, prefix: str) -> Event | list[FieldError]:
+        """Validate one posted event (an ingest model, not yet keyed); or say what is wrong."""
         try:
             parsed = _INGEST.validate_python(payload)
         except ValidationError as exc:
@@ -73,34 +72,49 @@ class IngestService:
             return [FieldError(field=_field(prefix, ("event_time",)), reason="in the future")]
         if parsed.event_time < EARLIEST:
             return [FieldError(field=_field(prefix, ("event_time",)), reason="before 2000")]
-        fields = parsed.model_dump()
-        fields["supporter_id"] = supporter_id(self.identity_key, parsed.email, parsed.phone)
-        return INGEST_TO_TOPIC[type(parsed)].model_validate(fields)
+        return parsed
 
     def ingest(self, payloads: list[Any], prefix: str) -> IngestResult:
         result = IngestResult()
+        indices: list[int] = []
         events: list[Event] = []
         for index, payload in enumerate(payloads):
-            outcome = self.to_topic_event(payload, prefix.format(index=index))
+            outcome = self.parse(payload, prefix.format(index=index))
             if isinstance(outcome, list):
                 result.rejected.append(Rejected(index=index, errors=outcome))
             else:
+                indices.append(index)
                 events.append(outcome)
         if events:
-            result.accepted, result.duplicates = self._commit(events)
+            ingested = self._commit(events)
+            result.accepted, result.duplicates = ingested.accepted, ingested.duplicates
+            for position in ingested.unknown_supporter:
+                index = indices[position]
+                field = _field(prefix.format(index=index), ("supporter_id",))
+                error = FieldError(field=field, reason="no such supporter")
+                result.rejected.append(Rejected(index=index, errors=[error]))
+            result.rejected.sort(key=lambda r: r.index)
         return result
 
-    def _commit(self, events: list[Event]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    def _commit(self, events: list[Event]) -> Ingested:
         now = datetime.now(UTC)
         for attempt in range(3):
             try:
                 with self.sessions.begin() as session:
-                    return record_events(session, events, now)
-            except IntegrityError:
-                # Another request committed one of these ids meanwhile: look again.
-                if attempt == 2:
+                    return ingest_events(session, events, now, self.identity_key)
+            except (IntegrityError, IdentityConflict, OperationalError) as exc:
+                # Another request committed one of these ids or links meanwhile, or the two
+                # deadlocked (PostgreSQL picks one to fail): look again.
+                if attempt == 2 or not _retryable(exc):
                     raise
         raise AssertionError("unreachable")
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, OperationalError):
+        # PostgreSQL's serialization failure and deadlock; other errors are not transient.
+        return getattr(exc.orig, "pgcode", None) in {"40001", "40P01"}
+    return True
 
 
 def _field(prefix: str, loc: tuple[int | str, ...]) -> str:

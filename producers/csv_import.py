@@ -130,7 +130,11 @@ def parse_sign_in_sheet(
                 )
                 continue
             seen[identity] = row_line
-            result.events.append(outcome.model_dump(mode="json", exclude_none=True))
+            # The default role is left out: a payload says what the sheet says.
+            default_role = {"role"} if outcome.role == "attendee" else None
+            result.events.append(
+                outcome.model_dump(mode="json", exclude_none=True, exclude=default_role)
+            )
             result.lines.append(row_line)
     except csv.Error as exc:
         result.rejected.append(RejectedRow(line_no, f"unreadable CSV: {exc}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from producers.ledger import mark_published, unpublished
 
 log = structlog.get_logger(__name__)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class LedgerRelay:
@@ -26,13 +28,19 @@ class LedgerRelay:
         self.batch = batch
 
     def publish_pending(self) -> int:
+        """Publish the oldest unpublished rows, each record stamped with the row's accepted_at:
+        a ledger published again gives the stream the same arrival times, so it refuses and
+        holds back the same events on a replay as it did live."""
         with self.sessions() as session:
-            rows = [(r.seq, r.topic, r.key, r.payload) for r in unpublished(session, self.batch)]
+            rows = [
+                (r.seq, r.topic, r.key, r.payload, _millis(r.accepted_at))
+                for r in unpublished(session, self.batch)
+            ]
         if not rows:
             return 0
         futures = [
-            self.producer.send(topic, key=key.encode(), value=payload.encode())
-            for _, topic, key, payload in rows
+            self.producer.send(topic, key=key.encode(), value=payload.encode(), timestamp_ms=ms)
+            for _, topic, key, payload, ms in rows
         ]
         self.producer.flush()
         for future in futures:
@@ -53,3 +61,7 @@ class LedgerRelay:
                 log.debug("relay.published", count=published)
             else:
                 stop.wait(idle_s)
+
+
+def _millis(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(milliseconds=1)

@@ -1,7 +1,8 @@
 """The unsubscribe link of every email: a page to confirm, and one-click (RFC 8058) opt-out.
 
 An opt-out is recorded as a withdrawn consent for the channel the nudge used; the
-dispatcher reads the newest record at the moment of sending, so nothing more goes out.
+dispatcher reads the newest record at the moment of sending, so nothing more goes out. The
+same transaction puts a consent.changed event in the ledger, so the stream sees it too.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from infra.db import ConsentRecord, Nudge
+from infra.db import Nudge
+from producers.ledger import record_events, survivor_of
+from schemas.events import ConsentChanged
 from schemas.identity import opt_out_token
 
 log = structlog.get_logger(__name__)
+_SOURCE = "unsubscribe_link"
 
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
@@ -31,20 +35,22 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 
 
 def withdraw(session: Session, nudge_id: str, source: str) -> Nudge | None:
-    """Record that the recipient of this nudge withdrew consent for its channel."""
+    """Record that the recipient of this nudge withdrew consent for its channel: a consent
+    record and a consent.changed event, for the supporter they are now (after any merge)."""
     nudge = session.get(Nudge, nudge_id)
     if nudge is None:
         return None
-    session.add(
-        ConsentRecord(
-            supporter_id=nudge.supporter_id,
-            channel=nudge.channel,
-            granted=False,
-            source=source,
-            wording_version=None,
-            recorded_at=datetime.now(UTC),
-        )
+    now = datetime.now(UTC)
+    withdrawn = ConsentChanged.model_validate(
+        {
+            "event_time": now,
+            "supporter_id": survivor_of(session, nudge.supporter_id),
+            "channel": nudge.channel,
+            "granted": False,
+            "source": source,
+        }
     )
+    record_events(session, [withdrawn], now)
     return nudge
 
 
@@ -76,11 +82,11 @@ def unsubscribe_router(sessions: sessionmaker[Session], org_name: str, key: str)
         if not genuine(nudge_id, t):
             return _page("Unsubscribe", unknown, 404)
         with sessions.begin() as session:
-            nudge = withdraw(session, nudge_id, source="unsubscribe-link")
+            nudge = withdraw(session, nudge_id, source=_SOURCE)
             if nudge is None:
                 return _page("Unsubscribe", unknown, 404)
             channel = nudge.channel
-        log.info("consent.withdrawn", channel=channel, source="unsubscribe-link")
+        log.info("consent.withdrawn", channel=channel, source=_SOURCE)
         return _page(
             "Unsubscribed",
             f"<h1>You're unsubscribed</h1><p>{html.escape(org_name)} will send you no more "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -43,6 +44,17 @@ def supporter_id(key: str, email: str | None, phone: str | None) -> str:
         raise ValueError("an email or a phone is needed to identify a supporter")
     digest = hmac.new(key.encode(), material.encode(), hashlib.sha256).hexdigest()
     return f"sup_{digest[:32]}"
+
+
+def contact_identity(key: str, kind: Literal["email", "phone"], value: str) -> str:
+    """What the identity-link table stores for a normalised email or E.164 phone:
+    ``"email:"`` or ``"phone:"`` and a keyed HMAC-SHA256, never the address itself.
+
+    The HMAC input is set apart from the supporter id's (``link:`` prefix), so a link does
+    not give away the id an address would have been given.
+    """
+    digest = hmac.new(key.encode(), f"link:{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+    return f"{kind}:{digest}"
 
 
 def opt_out_token(key: str, nudge_id: str) -> str:

@@ -109,6 +109,55 @@ def attended(**fields: Any) -> dict[str, Any]:
     }
 
 
+def no_show(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "event.no_show",
+        "event_id": str(uuid.uuid4()),
+        "event_time": WHEN.isoformat(),
+        "email": "sam@example.org",
+        "meeting_id": "m-1",
+        **fields,
+    }
+
+
+def outcome(sid: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": "task.outcome",
+        "event_id": str(uuid.uuid4()),
+        "event_time": WHEN.isoformat(),
+        "supporter_id": sid,
+        "task_id": f"call-new-signer:{sid}",
+        "outcome": "positive",
+        "notes": "Will come to the next meeting",
+        **fields,
+    }
+
+
+def click(sid: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": "email.clicked",
+        "event_id": str(uuid.uuid4()),
+        "event_time": WHEN.isoformat(),
+        "supporter_id": sid,
+        "nudge_id": f"welcome:{sid}",
+        "url": "https://example.org/meetings",
+        **fields,
+    }
+
+
+def consent(sid: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": "consent.changed",
+        "event_id": str(uuid.uuid4()),
+        "event_time": WHEN.isoformat(),
+        "supporter_id": sid,
+        "channel": "email",
+        "granted": False,
+        "source": "organiser",
+        **fields,
+    }
+
+
 def ledger(sessions: sessionmaker[Session]) -> dict[str, LedgerEvent]:
     with sessions() as session:
         return {str(row.event_id): row for row in session.scalars(select(LedgerEvent))}
@@ -168,24 +217,57 @@ def test_one_valid_event_is_committed_with_contact_and_consent(
 def test_a_valid_batch_of_every_type_is_committed(
     client: httpx.Client, sessions: sessionmaker[Session]
 ) -> None:
-    events = [signup(consent_sms=True, phone="07911 123456"), petition(), rsvp(), attended()]
+    jo = supporter_id(KEY, "jo.bloggs@example.org", None)
+    sam = supporter_id(KEY, "sam@example.org", None)
+    events = [
+        signup(consent_sms=True, phone="07911 123456"),
+        petition(),
+        rsvp(),
+        attended(),
+        no_show(),
+        outcome(jo),
+        click(jo),
+        consent(jo),
+    ]
     response = client.post("/v1/events/batch", json={"events": events})
 
     assert response.status_code == 202, response.text
     assert response.json()["accepted"] == [e["event_id"] for e in events]
     rows = ledger(sessions)
     assert {k: r.topic for k, r in rows.items()} == {e["event_id"]: e["type"] for e in events}
-    jo = supporter_id(KEY, "jo.bloggs@example.org", None)
-    by_phone = supporter_id(KEY, None, "+447911123456")
-    sam = supporter_id(KEY, "sam@example.org", None)
-    assert [rows[e["event_id"]].key for e in events] == [jo, by_phone, sam, sam]
+    # The signup linked the phone to Jo, so the petition signed by phone alone is Jo's too.
+    assert [rows[e["event_id"]].key for e in events] == [jo, jo, sam, sam, sam, jo, jo, jo]
+    assert json.loads(rows[events[5]["event_id"]].payload)["outcome"] == "positive"
     with sessions() as session:
         people = {s.supporter_id: s for s in session.scalars(select(Supporter))}
-        consent = {(c.supporter_id, c.channel) for c in session.scalars(select(ConsentRecord))}
-    assert set(people) == {jo, by_phone, sam}
-    assert people[jo].phone == "+447911123456"  # email wins the id; the phone is kept
-    assert people[by_phone].phone == "+447911123456"
-    assert consent == {(jo, "email"), (jo, "sms")}
+        consent_rows = {
+            (c.supporter_id, c.channel, c.granted, c.source)
+            for c in session.scalars(select(ConsentRecord))
+        }
+    assert set(people) == {jo, sam}
+    assert people[jo].phone == "+447911123456"
+    assert consent_rows == {
+        (jo, "email", True, "signup"),
+        (jo, "sms", True, "signup"),
+        (jo, "email", False, "organiser"),
+    }
+
+
+def test_a_consent_change_is_recorded_as_consent_stamped_no_later_than_its_arrival(
+    client: httpx.Client, sessions: sessionmaker[Session]
+) -> None:
+    jo = supporter_id(KEY, "jo.bloggs@example.org", None)
+    ahead = (datetime.now(UTC) + timedelta(hours=6)).isoformat()  # a clock running ahead
+    posted = [signup(), consent(jo, granted=True, channel="sms", event_time=ahead)]
+    response = client.post("/v1/events/batch", json={"events": posted})
+
+    assert response.status_code == 202, response.text
+    with sessions() as session:
+        (sms,) = session.scalars(select(ConsentRecord).where(ConsentRecord.channel == "sms"))
+    assert (sms.supporter_id, sms.granted, sms.source) == (jo, True, "organiser")
+    assert str(sms.event_id) == posted[1]["event_id"]
+    assert sms.recorded_at <= datetime.now(UTC)
+    assert sms.recorded_at < datetime.fromisoformat(ahead)
 
 
 def test_a_repeated_event_id_is_reported_as_a_duplicate_and_stored_once(
@@ -299,6 +381,98 @@ def test_wrong_values_are_422_naming_the_field_and_reason(
     assert [f for f, _ in rejected(batch)[1]] == [f"events[1].{field}"]
     assert batch.json()["accepted"] == [good["event_id"]]
     assert set(ledger(sessions)) == {good["event_id"]}
+
+
+SOMEONE = "sup_" + "a" * 32
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "reason"),
+    [
+        (outcome(SOMEONE, outcome="great"), "outcome", "Input should be 'positive'"),
+        (_without(outcome(SOMEONE), "task_id"), "task_id", "Field required"),
+        (_without(click(SOMEONE), "nudge_id"), "nudge_id", "Field required"),
+        (consent(SOMEONE, channel="fax"), "channel", "Input should be 'email' or 'sms'"),
+        (consent(SOMEONE, granted="perhaps"), "granted", "valid boolean"),
+        (_without(consent(SOMEONE), "source"), "source", "Field required"),
+        (_without(click(SOMEONE), "supporter_id"), "supporter_id", "Field required"),
+        (click("jo@example.org"), "supporter_id", "should match pattern"),
+        # By-id events never derive an id from contact details: they may not carry any.
+        (consent(SOMEONE, email="jo@example.org"), "email", "Extra inputs are not permitted"),
+        (outcome(SOMEONE, phone="07911 123456"), "phone", "Extra inputs are not permitted"),
+        (_without(no_show(), "meeting_id"), "meeting_id", "Field required"),
+        (_without(no_show(), "email"), "", "an email or a phone is required"),
+        (attended(role="guest"), "role", "Input should be 'attendee' or 'host'"),
+        (attended(brought_by_email="jo.example.org"), "brought_by_email", "@-sign"),
+        (attended(brought_by_phone="12345"), "brought_by_phone", "not a valid phone number"),
+    ],
+    ids=[
+        "outcome-value",
+        "outcome-task_id",
+        "click-nudge_id",
+        "consent-channel",
+        "consent-granted",
+        "consent-source",
+        "click-no-supporter_id",
+        "click-email-as-id",
+        "consent-email",
+        "outcome-phone",
+        "no_show-meeting_id",
+        "no_show-no-identity",
+        "attended-role",
+        "attended-brought_by_email",
+        "attended-brought_by_phone",
+    ],
+)
+def test_the_newer_event_types_are_422_naming_the_field_and_reason(
+    client: httpx.Client,
+    sessions: sessionmaker[Session],
+    bad: dict[str, Any],
+    field: str,
+    reason: str,
+) -> None:
+    good = attended()
+    single = client.post("/v1/events", json=bad)
+    batch = client.post("/v1/events/batch", json={"events": [good, bad]})
+
+    assert single.status_code == batch.status_code == 422
+    ((single_field, single_reason),) = rejected(single)[0]
+    assert single_field == (field or "body")
+    assert reason in single_reason
+    assert [f for f, _ in rejected(batch)[1]] == [f"events[1].{field}" if field else "events[1]"]
+    assert batch.json()["accepted"] == [good["event_id"]]
+    assert set(ledger(sessions)) == {good["event_id"]}
+
+
+def test_a_by_id_event_for_no_such_supporter_is_422_and_the_rest_is_kept(
+    client: httpx.Client, sessions: sessionmaker[Session]
+) -> None:
+    jo = supporter_id(KEY, "jo.bloggs@example.org", None)
+    nobody = supporter_id(KEY, "nobody@example.org", None)  # well formed, never seen
+    single = client.post("/v1/events", json=click(jo))
+    assert single.status_code == 422
+    assert single.json() == {
+        "accepted": [],
+        "duplicates": [],
+        "rejected": [
+            {"index": 0, "errors": [{"field": "supporter_id", "reason": "no such supporter"}]}
+        ],
+    }
+
+    # In a batch, a supporter first seen earlier in the same batch is known by then.
+    events = [click(jo), signup(), outcome(jo), consent(nobody), signup(event_time="soon")]
+    batch = client.post("/v1/events/batch", json={"events": events})
+
+    assert batch.status_code == 422
+    assert batch.json()["accepted"] == [events[1]["event_id"], events[2]["event_id"]]
+    errors = rejected(batch)
+    assert list(errors) == [0, 3, 4]
+    assert errors[0] == [("events[0].supporter_id", "no such supporter")]
+    assert errors[3] == [("events[3].supporter_id", "no such supporter")]
+    assert set(ledger(sessions)) == {events[1]["event_id"], events[2]["event_id"]}
+    with sessions() as session:
+        assert session.get(Supporter, nobody) is None
+        assert session.scalars(select(ConsentRecord.granted)).all() == [True]
 
 
 @pytest.mark.parametrize("kind", ["petition.unsigned", "", 7, None])
@@ -466,15 +640,21 @@ def test_openapi_documents_the_ingest_paths_and_the_event_schema(client: httpx.C
     schemas = spec["components"]["schemas"]
     ingest = schemas["IngestEvent"]
     assert ingest["discriminator"]["propertyName"] == "type"
-    assert set(ingest["discriminator"]["mapping"]) == {
-        "supporter.signup",
-        "petition.signed",
-        "event.rsvp",
-        "event.attended",
-    }
-    for ref in ingest["discriminator"]["mapping"].values():
-        name = ref.rsplit("/", 1)[-1]
-        assert {"event_id", "event_time", "email", "phone"} <= set(schemas[name]["properties"])
+    mapping = ingest["discriminator"]["mapping"]
+    by_contact = {"supporter.signup", "petition.signed", "event.rsvp", "event.attended"}
+    by_id = {"task.outcome", "email.clicked", "consent.changed"}
+    assert set(mapping) == by_contact | by_id | {"event.no_show"}
+    for kind, ref in mapping.items():
+        properties = set(schemas[ref.rsplit("/", 1)[-1]]["properties"])
+        assert {"event_id", "event_time"} <= properties
+        if kind in by_id:
+            assert "supporter_id" in properties
+            assert not {"email", "phone"} & properties
+        else:
+            assert {"email", "phone"} <= properties
+    assert {"role", "brought_by_email", "brought_by_phone"} <= set(
+        schemas["AttendedIn"]["properties"]
+    )
     assert "consent_email" in schemas["SignupIn"]["properties"]
     assert "petition_id" in schemas["PetitionIn"]["required"]
     assert schemas["IngestBatch"]["properties"]["events"]["items"] == {

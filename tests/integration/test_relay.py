@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from infra.broker import EmbeddedBroker
 from infra.db import LedgerEvent
 from infra.kafka import ledger_producer
-from producers.ledger import record_events
+from producers.ledger import mark_all_unpublished, record_events
 from producers.relay import LedgerRelay
 from schemas.events import Event, EventRSVP, SupporterSignup
 
@@ -86,6 +86,7 @@ def test_pending_events_are_published_to_their_topics_and_marked(
             ),
         )
         assert type(event).model_validate_json(message.value) == event
+        assert message.timestamp == _ms(T0)  # record() accepted them at T0
 
 
 def test_events_are_published_oldest_first_in_batches(
@@ -112,9 +113,44 @@ def test_events_are_published_oldest_first_in_batches(
 
     assert [relay.publish_pending() for _ in range(4)] == [2, 2, 1, 0]
 
-    values = [m.value for m in read(broker.bootstrap, topic, 5, lambda m: True)]
-    assert values == [f'{{"n": {n}}}'.encode() for n in range(5)]
+    messages = read(broker.bootstrap, topic, 5, lambda m: True)
+    assert [m.value for m in messages] == [f'{{"n": {n}}}'.encode() for n in range(5)]
     assert set(published(sessions).values()) == {True}
+    # Each record is stamped with the row's accepted_at, not the moment it was sent.
+    assert [m.timestamp for m in messages] == [_ms(T0 + timedelta(seconds=n)) for n in range(5)]
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def test_a_republished_ledger_carries_the_same_arrival_times(
+    sessions: sessionmaker[Session],
+    broker: EmbeddedBroker,
+    producer: Any,
+    tmp_topic: Callable[..., str],
+) -> None:
+    topic = tmp_topic("replay")
+    accepted = [T0 + timedelta(milliseconds=1500), T0 + timedelta(days=3, microseconds=999)]
+    with sessions.begin() as session:
+        for n, at in enumerate(accepted):
+            session.add(
+                LedgerEvent(
+                    event_id=uuid.uuid4(), topic=topic, key="k", payload=str(n), accepted_at=at
+                )
+            )
+    relay = LedgerRelay(sessions, producer)
+    assert relay.publish_pending() == 2
+    with sessions.begin() as session:
+        mark_all_unpublished(session)  # what `engage up` does after the broker lost its log
+    assert relay.publish_pending() == 2
+
+    messages = read(broker.bootstrap, topic, 4, lambda m: True)
+    assert [(m.value, m.timestamp) for m in messages] == [
+        (b"0", _ms(accepted[0])),
+        (b"1", _ms(T0 + timedelta(days=3))),  # whole milliseconds, rounded down
+    ] * 2
+    assert {m.timestamp_type for m in messages} == {0}  # CreateTime: the time we gave
 
 
 class FailingFuture:
@@ -128,11 +164,11 @@ class FlakyProducer:
     def __init__(self, real: Any, failures: int) -> None:
         self.real, self.failures = real, failures
 
-    def send(self, topic: str, key: bytes, value: bytes) -> Any:
+    def send(self, topic: str, key: bytes, value: bytes, timestamp_ms: int) -> Any:
         if self.failures > 0:
             self.failures -= 1
             return FailingFuture()
-        return self.real.send(topic, key=key, value=value)
+        return self.real.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
 
     def flush(self) -> None:
         self.real.flush()

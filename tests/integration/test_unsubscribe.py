@@ -7,12 +7,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.dispatch import Dispatcher
 from consumers.rendering import TemplateBook
 from consumers.repository import list_outbox, store_nudges
-from schemas.events import NudgeRequested
+from infra.db import ConsentRecord, LedgerEvent, SupporterAlias
+from producers.unsubscribe import withdraw
+from schemas.events import ConsentChanged, NudgeRequested
 from tests.integration.test_dispatch import INVITE, SID, T0, WELCOME, nudge_row, seed
 
 THANKS = f"first-meeting-thanks:{SID}"
@@ -77,6 +80,31 @@ def test_one_click_unsubscribe_stops_the_next_email_but_not_texts(
     assert nudge_row(sessions, THANKS).reason == "no email consent"
     assert stage.dispatch(INVITE) == "sent"  # consent is per channel
 
+    # The stream hears of it too: a consent.changed in the ledger, the same as the record.
+    (changed,) = consent_changes(sessions)
+    assert (changed.supporter_id, changed.channel, changed.granted, changed.source) == (
+        SID,
+        "email",
+        False,
+        "unsubscribe_link",
+    )
+    with sessions() as session:
+        (withdrawn,) = session.scalars(
+            select(ConsentRecord).where(ConsentRecord.granted.is_(False))
+        )
+    assert (withdrawn.event_id, withdrawn.recorded_at) == (changed.event_id, changed.event_time)
+
+
+def consent_changes(sessions: sessionmaker[Session]) -> list[ConsentChanged]:
+    with sessions() as session:
+        found = session.scalars(select(LedgerEvent).where(LedgerEvent.topic == "consent.changed"))
+        events = []
+        for row in found:
+            event = ConsentChanged.model_validate_json(row.payload)
+            assert row.key == event.supporter_id
+            events.append(event)
+        return events
+
 
 def test_a_forged_or_unknown_link_is_a_404_and_changes_nothing(
     api: str, sessions: sessionmaker[Session]
@@ -95,6 +123,7 @@ def test_a_forged_or_unknown_link_is_a_404_and_changes_nothing(
         assert httpx.post(url).status_code == 404, url
     assert stage.dispatch(WELCOME) == "sent"
     assert httpx.get(genuine).status_code == 200
+    assert consent_changes(sessions) == []
 
 
 def test_an_opt_out_outranks_a_signup_stamped_ahead_of_the_clock(
@@ -102,7 +131,6 @@ def test_an_opt_out_outranks_a_signup_stamped_ahead_of_the_clock(
 ) -> None:
     from consumers.repository import has_consent
     from producers.ledger import record_events
-    from producers.unsubscribe import withdraw
     from schemas.events import SupporterSignup
 
     now = datetime.now(UTC)
@@ -117,6 +145,34 @@ def test_an_opt_out_outranks_a_signup_stamped_ahead_of_the_clock(
         store_nudges(session, [email_request(WELCOME, "welcome", now, signup.event_id)])
     with sessions.begin() as session:
         assert has_consent(session, SID, "email")
-        assert withdraw(session, WELCOME, source="unsubscribe-link") is not None
+        assert withdraw(session, WELCOME, source="unsubscribe_link") is not None
     with sessions() as session:
         assert not has_consent(session, SID, "email")
+
+
+def test_an_opt_out_from_a_nudge_to_a_merged_away_id_is_recorded_for_the_survivor(
+    sessions: sessionmaker[Session],
+) -> None:
+    from consumers.repository import has_consent
+
+    survivor = "sup_" + "2" * 32
+    seed(sessions)  # SID has email and SMS consent, and was sent WELCOME before the merge
+    with sessions.begin() as session:
+        store_nudges(session, [email_request(WELCOME, "welcome")])
+        session.add(SupporterAlias(absorbed_id=SID, survivor_id=survivor, event_id=uuid.uuid4()))
+        session.add(
+            ConsentRecord(
+                supporter_id=survivor,
+                channel="email",
+                granted=True,
+                source="signup",
+                recorded_at=T0,
+            )
+        )
+    with sessions.begin() as session:
+        assert withdraw(session, WELCOME, source="unsubscribe_link") is not None
+
+    (changed,) = consent_changes(sessions)
+    assert (changed.supporter_id, changed.channel, changed.granted) == (survivor, "email", False)
+    with sessions() as session:
+        assert not has_consent(session, survivor, "email")
