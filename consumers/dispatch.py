@@ -37,7 +37,9 @@ class _Plan:
 
 @dataclass
 class Dispatcher:
-    """Each nudge goes pending -> sending -> sent | skipped | failed | ambiguous.
+    """Each nudge goes pending -> sending -> sent | skipped | failed | ambiguous. A nudge of
+    a rule's hold-out group is stored as held_out and stays so: only pending ones are read
+    and claimed.
 
     With no provider for a channel (the embedded default) the message is written to the
     outbox in the same transaction that marks it sent, so it happens exactly once. With a

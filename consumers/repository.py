@@ -1,12 +1,13 @@
-"""Nudge, task, consent and contact rows: the consumers' reads and idempotent writes."""
+"""Nudge, task, consent, contact and score rows: the consumers' reads and idempotent writes."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import String, case, select, update
 from sqlalchemy.orm import Session
 
 from infra.db import (
@@ -15,13 +16,25 @@ from infra.db import (
     Nudge,
     OutboxMessage,
     Supporter,
+    SupporterScore,
     insert_ignoring_duplicates,
 )
-from schemas.events import NudgeRequested, TaskCreated
+from schemas.events import EngagementScored, NudgeRequested, TaskCreated
+
+HELD_OUT = "held_out"
+"""Status of a nudge or task whose supporter is in the rule's hold-out group: the decision is
+recorded so the rule's lift can be measured, but the message is never sent (the dispatcher
+only claims ``pending`` nudges) and the task is never in the organisers' queue."""
+TASK_PRIORITIES = ("high", "normal", "low")
+"""Most urgent first: the order of tasks due at the same time."""
+
+
+def holdout_reason(rule: str) -> str:
+    return f"in the hold-out group of rule {rule}: recorded, not sent"
 
 
 def store_nudges(session: Session, nudges: Sequence[NudgeRequested]) -> int:
-    """Record requested nudges as pending; a known idempotency key is ignored."""
+    """Record requested nudges as pending, or held out; a known idempotency key is ignored."""
     return insert_ignoring_duplicates(
         session,
         Nudge,
@@ -34,7 +47,8 @@ def store_nudges(session: Session, nudges: Sequence[NudgeRequested]) -> int:
                 "rule": n.rule,
                 "cause_event_id": n.cause_event_id,
                 "context": dict(n.context),
-                "status": "pending",
+                "status": HELD_OUT if n.holdout else "pending",
+                "reason": holdout_reason(n.rule) if n.holdout else None,
                 "requested_at": n.event_time,
             }
             for n in nudges
@@ -43,7 +57,7 @@ def store_nudges(session: Session, nudges: Sequence[NudgeRequested]) -> int:
 
 
 def store_tasks(session: Session, tasks: Sequence[TaskCreated]) -> int:
-    """Record follow-up tasks as open; a known task id is ignored."""
+    """Record follow-up tasks as open, or held out; a known task id is ignored."""
     return insert_ignoring_duplicates(
         session,
         FollowUpTask,
@@ -57,11 +71,102 @@ def store_tasks(session: Session, tasks: Sequence[TaskCreated]) -> int:
                 "area": t.area,
                 "rule": t.rule,
                 "cause_event_id": t.cause_event_id,
-                "status": "open",
+                "priority": t.priority,
+                "status": HELD_OUT if t.holdout else "open",
             }
             for t in tasks
         ],
     )
+
+
+def unstorable_score(score: EngagementScored) -> str | None:
+    """Why a valid ``engagement.scored`` record cannot be stored, or None. A NaN score would
+    break SQLite's NOT NULL and an over-long rung PostgreSQL's column, failing the whole batch
+    again on every redelivery; the consumer dead-letters such a record instead."""
+    if not math.isfinite(score.score):
+        return f"score: not a finite number ({score.score})"
+    rung_type = SupporterScore.__table__.c.rung.type
+    limit = rung_type.length if isinstance(rung_type, String) else None
+    if limit is not None and len(score.rung) > limit:
+        return f"rung: longer than {limit} characters"
+    return None
+
+
+def store_scores(session: Session, scores: Sequence[EngagementScored]) -> int:
+    """Keep the newest score per supporter by event time (``as_of``), in one statement.
+
+    An older score arriving after a newer one changes nothing; at equal event times the later
+    write wins (within ``scores``, the later in the sequence). Returns the rows written.
+    """
+    newest: dict[str, EngagementScored] = {}
+    for score in scores:  # one row per key: PostgreSQL refuses to update a row twice
+        kept = newest.get(score.supporter_id)
+        if kept is None or score.event_time >= kept.event_time:
+            newest[score.supporter_id] = score
+    if not newest:
+        return 0
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "supporter_id": s.supporter_id,
+            "score": s.score,
+            "rung": s.rung,
+            "as_of": s.event_time,
+            "cause_event_id": s.cause_event_id,
+            "updated_at": now,
+        }
+        for s in newest.values()
+    ]
+    statement = _insert(session, SupporterScore)
+    upsert = statement.on_conflict_do_update(
+        index_elements=[SupporterScore.supporter_id],
+        set_={
+            name: statement.excluded[name]
+            for name in ("score", "rung", "as_of", "cause_event_id", "updated_at")
+        },
+        where=statement.excluded.as_of >= SupporterScore.as_of,
+    )
+    return len(session.execute(upsert.returning(SupporterScore.supporter_id), rows).all())
+
+
+def _insert(session: Session, model: type[SupporterScore]) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_update`` on SQLite and PostgreSQL."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model)
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(model)
+    raise NotImplementedError(f"no upsert for {dialect}")
+
+
+def supporter_score(session: Session, supporter_id: str) -> dict[str, Any] | None:
+    """One supporter's newest score and rung, or None when none has been stored."""
+    row = session.get(SupporterScore, supporter_id)
+    return None if row is None else _score_dict(row)
+
+
+def top_scores(session: Session, limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` highest scores, highest first (ties by supporter id)."""
+    rows = session.scalars(
+        select(SupporterScore)
+        .order_by(SupporterScore.score.desc(), SupporterScore.supporter_id)
+        .limit(limit)
+    )
+    return [_score_dict(r) for r in rows]
+
+
+def _score_dict(row: SupporterScore) -> dict[str, Any]:
+    return {
+        "supporter_id": row.supporter_id,
+        "score": row.score,
+        "rung": row.rung,
+        "as_of": row.as_of.isoformat(),
+        "cause_event_id": str(row.cause_event_id),
+    }
 
 
 def pending_nudges(
@@ -175,9 +280,19 @@ def list_outbox(session: Session, limit: int) -> list[dict[str, Any]]:
     ]
 
 
-def list_tasks(session: Session, limit: int) -> list[dict[str, Any]]:
+def list_tasks(session: Session, limit: int, status: str | None = "open") -> list[dict[str, Any]]:
+    """The organisers' queue: tasks with this status (None: any, held-out ones included),
+    soonest due first, then by priority (high first)."""
+    rank = case(
+        {p: n for n, p in enumerate(TASK_PRIORITIES)},
+        value=FollowUpTask.priority,
+        else_=len(TASK_PRIORITIES),
+    )
+    query = select(FollowUpTask)
+    if status is not None:
+        query = query.where(FollowUpTask.status == status)
     rows = session.scalars(
-        select(FollowUpTask).order_by(FollowUpTask.due_at, FollowUpTask.task_id).limit(limit)
+        query.order_by(FollowUpTask.due_at, rank, FollowUpTask.task_id).limit(limit)
     )
     return [
         {
@@ -188,6 +303,7 @@ def list_tasks(session: Session, limit: int) -> list[dict[str, Any]]:
             "due_at": r.due_at.isoformat(),
             "area": r.area,
             "status": r.status,
+            "priority": r.priority,
             "rule": r.rule,
         }
         for r in rows

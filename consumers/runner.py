@@ -1,8 +1,10 @@
-"""The consumer process: stores nudge and task requests idempotently, then dispatches nudges."""
+"""The consumer process: stores nudge and task requests idempotently, then dispatches nudges;
+keeps the newest engagement score per supporter (a read model)."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -12,16 +14,59 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.dispatch import Dispatcher
-from consumers.repository import store_nudges, store_tasks
-from infra.kafka import CONSUMER_DEFAULTS, dead_letter
-from schemas.events import NudgeRequested, TaskCreated
+from consumers.repository import store_nudges, store_scores, store_tasks, unstorable_score
+from infra.kafka import CONSUMER_DEFAULTS, Record, dead_letter
+from schemas.events import EngagementScored, Event, NudgeRequested, TaskCreated
 
 log = structlog.get_logger(__name__)
-TOPICS = (NudgeRequested.topic, TaskCreated.topic)
+MODELS: dict[str, type[Event]] = {
+    m.topic: m for m in (NudgeRequested, TaskCreated, EngagementScored)
+}
+TOPICS = tuple(MODELS)
+
+
+@dataclass
+class Batch:
+    """One poll's records, parsed: what to store, and the dead letters for the rest."""
+
+    nudges: list[NudgeRequested] = field(default_factory=list)
+    tasks: list[TaskCreated] = field(default_factory=list)
+    scores: list[EngagementScored] = field(default_factory=list)
+    letters: list[Record] = field(default_factory=list)
+
+
+def parse_batch(batches: dict[TopicPartition, list[Any]]) -> Batch:
+    """Validate each record against its topic's model; an invalid or unstorable one becomes a
+    dead letter naming its topic, partition, offset and error."""
+    batch = Batch()
+    for tp, messages in batches.items():
+        model = MODELS.get(tp.topic)
+        for m in messages:
+            try:
+                if model is None:
+                    raise ValueError(f"no model for topic {tp.topic!r}")
+                event = model.model_validate_json(m.value)
+                if isinstance(event, NudgeRequested):
+                    batch.nudges.append(event)
+                elif isinstance(event, TaskCreated):
+                    batch.tasks.append(event)
+                elif isinstance(event, EngagementScored):
+                    problem = unstorable_score(event)
+                    if problem is not None:
+                        raise ValueError(problem)
+                    batch.scores.append(event)
+            except (ValidationError, ValueError) as exc:
+                batch.letters.append(
+                    dead_letter(
+                        "consumers", tp.topic, tp.partition, m.offset, m.key, m.value, str(exc)
+                    )
+                )
+    return batch
 
 
 class ConsumerWorker:
-    """Offsets are committed after the rows are: a crash re-reads, and the keys dedupe."""
+    """Offsets are committed after the rows are: a crash re-reads, and the keys dedupe (a
+    re-read score rewrites the values it wrote before, or loses to a newer one)."""
 
     def __init__(
         self,
@@ -72,26 +117,12 @@ class ConsumerWorker:
                 await asyncio.sleep(0.02)
 
     async def _store(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        nudges: list[NudgeRequested] = []
-        tasks: list[TaskCreated] = []
-        letters = []
-        for tp, messages in batches.items():
-            for m in messages:
-                try:
-                    if tp.topic == NudgeRequested.topic:
-                        nudges.append(NudgeRequested.model_validate_json(m.value))
-                    else:
-                        tasks.append(TaskCreated.model_validate_json(m.value))
-                except (ValidationError, ValueError) as exc:
-                    letters.append(
-                        dead_letter(
-                            "consumers", tp.topic, tp.partition, m.offset, m.key, m.value, str(exc)
-                        )
-                    )
+        batch = parse_batch(batches)
         with self.sessions.begin() as session:
-            stored_nudges = store_nudges(session, nudges)
-            stored_tasks = store_tasks(session, tasks)
-        for topic, key, value in letters:
+            stored_nudges = store_nudges(session, batch.nudges)
+            stored_tasks = store_tasks(session, batch.tasks)
+            stored_scores = store_scores(session, batch.scores)
+        for topic, key, value in batch.letters:
             await self.producer.send_and_wait(topic, value=value, key=key)
         try:
             await self.consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()})
@@ -101,6 +132,8 @@ class ConsumerWorker:
             "consumers.stored",
             nudges=stored_nudges,
             tasks=stored_tasks,
-            repeats=len(nudges) + len(tasks) - stored_nudges - stored_tasks,
-            dead_letters=len(letters),
+            repeats=len(batch.nudges) + len(batch.tasks) - stored_nudges - stored_tasks,
+            scores=stored_scores,
+            superseded_scores=len(batch.scores) - stored_scores,
+            dead_letters=len(batch.letters),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import pytest
 from sqlalchemy import select
@@ -98,6 +99,30 @@ def seed(
                 ),
             ],
         )
+
+
+def store_held_out(
+    sessions: sessionmaker[Session], channel: Literal["email", "sms"] = "email"
+) -> str:
+    """A nudge of a rule's hold-out group, for the seeded supporter; returns its id."""
+    nudge_id = f"sorry-we-missed-you:{SID}:{channel}"
+    with sessions.begin() as session:
+        store_nudges(
+            session,
+            [
+                NudgeRequested(
+                    event_time=T0,
+                    nudge_id=nudge_id,
+                    supporter_id=SID,
+                    channel=channel,
+                    template="sorry_we_missed_you",
+                    rule="sorry-we-missed-you",
+                    cause_event_id=uuid.uuid4(),
+                    holdout=True,
+                )
+            ],
+        )
+    return nudge_id
 
 
 def nudge_row(sessions: sessionmaker[Session], nudge_id: str) -> Nudge:
@@ -223,6 +248,27 @@ def test_without_an_address_a_nudge_is_skipped(
     assert outbox(sessions) == []
 
 
+def test_a_held_out_nudge_is_never_sent_in_outbox_mode(
+    sessions: sessionmaker[Session], templates: TemplateBook
+) -> None:
+    seed(sessions)  # address and consent on both channels: only the hold-out stops it
+    held = [store_held_out(sessions, "email"), store_held_out(sessions, "sms")]
+    stage = dispatcher(sessions, templates)
+
+    with capture_logs() as logs:
+        assert stage.dispatch(held[0]) is None
+        assert stage.dispatch_pending() == 2  # the two seeded nudges, not the held-out ones
+        assert stage.dispatch_pending() == 0
+        assert stage.dispatch(held[1]) is None
+
+    assert [r.nudge_id for r in outbox(sessions)] == [WELCOME, INVITE]
+    for nudge_id in held:
+        row = nudge_row(sessions, nudge_id)
+        assert row.status == "held_out"
+        assert row.reason is not None and "sorry-we-missed-you" in row.reason
+    assert not any(e.get("nudge_id") in held for e in logs)
+
+
 # --- with a provider --------------------------------------------------------------------------
 
 
@@ -269,6 +315,23 @@ def test_a_send_error_is_recorded_and_not_retried(
     assert len(sender.sent) == 1
     row = nudge_row(sessions, WELCOME)
     assert (row.status, row.reason, row.provider_message_id) == (status, str(error), None)
+    assert outbox(sessions) == []
+
+
+def test_a_held_out_nudge_never_reaches_a_sender(
+    sessions: sessionmaker[Session], templates: TemplateBook
+) -> None:
+    seed(sessions)
+    held = store_held_out(sessions)
+    email, sms = RecordingSender("mail"), RecordingSender("text")
+    stage = dispatcher(sessions, templates, email=email, sms=sms)
+
+    assert stage.dispatch(held) is None
+    assert stage.dispatch_pending() == 2
+
+    assert [m.nudge_id for m in email.sent + sms.sent] == [WELCOME, INVITE]
+    row = nudge_row(sessions, held)
+    assert (row.status, row.provider_message_id) == ("held_out", None)
     assert outbox(sessions) == []
 
 

@@ -1,4 +1,5 @@
-"""The consumers' repository on SQLite and PostgreSQL: idempotent writes, one claimer, consent."""
+"""The consumers' repository on SQLite and PostgreSQL: idempotent writes, hold-outs, the task
+queue's order, one claimer, consent."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from consumers.repository import (
     has_consent,
     list_tasks,
     pending_nudge_ids,
+    pending_nudges,
     store_nudges,
     store_tasks,
 )
@@ -40,18 +42,21 @@ def nudge(key: str = "welcome", supporter: str = SID, **fields: object) -> Nudge
     return NudgeRequested.model_validate({**values, **fields})
 
 
-def task(supporter: str = SID, due: datetime = T0 + timedelta(hours=48)) -> TaskCreated:
-    return TaskCreated(
-        event_time=T0,
-        task_id=f"first-meeting-follow-up:{supporter}",
-        supporter_id=supporter,
-        kind="first_meeting_follow_up",
-        reason="Came to a first meeting",
-        due_at=due,
-        area="Hackney",
-        rule="first-meeting",
-        cause_event_id=uuid.uuid4(),
-    )
+def task(
+    supporter: str = SID, due: datetime = T0 + timedelta(hours=48), **fields: object
+) -> TaskCreated:
+    values: dict[str, object] = {
+        "event_time": T0,
+        "task_id": f"first-meeting-follow-up:{supporter}",
+        "supporter_id": supporter,
+        "kind": "first_meeting_follow_up",
+        "reason": "Came to a first meeting",
+        "due_at": due,
+        "area": "Hackney",
+        "rule": "first-meeting",
+        "cause_event_id": uuid.uuid4(),
+    }
+    return TaskCreated.model_validate({**values, **fields})
 
 
 def count(sessions: sessionmaker[Session], model: type) -> int:
@@ -105,6 +110,89 @@ def test_store_tasks_is_idempotent_on_the_task_id(sessions: sessionmaker[Session
     assert [t["task_id"] for t in listed] == [sam.task_id, jo.task_id]  # by due time
     assert listed[1]["due_at"] == (T0 + timedelta(hours=48)).isoformat()
     assert {t["status"] for t in listed} == {"open"}
+    assert {t["priority"] for t in listed} == {"normal"}  # the default
+
+
+def test_a_held_out_nudge_is_recorded_but_never_pending(sessions: sessionmaker[Session]) -> None:
+    held = nudge("invite-signer", channel="sms", template="invite_next_meeting", holdout=True)
+    sent = nudge("welcome")
+
+    with sessions.begin() as session:
+        assert store_nudges(session, [held, sent]) == 2
+    with sessions.begin() as session:  # redelivered, even claiming to be in no hold-out group
+        assert store_nudges(session, [held, nudge("invite-signer", holdout=False)]) == 0
+
+    with sessions() as session:
+        row = session.get(Nudge, held.nudge_id)
+        assert row is not None
+        assert row.status == "held_out"
+        assert row.reason is not None and "hold-out group of rule invite-signer" in row.reason
+        assert (row.channel, row.template, row.requested_at) == ("sms", "invite_next_meeting", T0)
+        other = session.get(Nudge, sent.nudge_id)
+        assert other is not None and (other.status, other.reason) == ("pending", None)
+        assert pending_nudge_ids(session, 10) == [sent.nudge_id]
+        assert [n.nudge_id for n in pending_nudges(session, 10, [held.nudge_id])] == []
+    with sessions.begin() as session:
+        assert claim_nudges(session, [held.nudge_id, sent.nudge_id]) == {sent.nudge_id}
+        assert claim_nudge(session, held.nudge_id) is None
+    with sessions() as session:
+        row = session.get(Nudge, held.nudge_id)
+        assert row is not None and row.status == "held_out"
+
+
+def test_tasks_keep_their_priority_and_held_out_ones_stay_out_of_the_queue(
+    sessions: sessionmaker[Session],
+) -> None:
+    urgent = task(priority="high")
+    held = task("sup_" + "e" * 32, priority="high", holdout=True)
+
+    with sessions.begin() as session:
+        assert store_tasks(session, [urgent, held]) == 2
+    with sessions.begin() as session:
+        assert store_tasks(session, [task("sup_" + "e" * 32, priority="high")]) == 0
+
+    with sessions() as session:
+        rows = {t.task_id: t for t in session.scalars(select(FollowUpTask))}
+        assert (rows[urgent.task_id].status, rows[urgent.task_id].priority) == ("open", "high")
+        assert (rows[held.task_id].status, rows[held.task_id].priority) == ("held_out", "high")
+        assert [t["task_id"] for t in list_tasks(session, 10)] == [urgent.task_id]
+        assert [t["task_id"] for t in list_tasks(session, 10, status="held_out")] == [held.task_id]
+        everything = list_tasks(session, 10, status=None)
+    assert {(t["task_id"], t["status"], t["priority"]) for t in everything} == {
+        (urgent.task_id, "open", "high"),
+        (held.task_id, "held_out", "high"),
+    }
+
+
+def test_the_queue_is_by_due_time_then_priority_high_first(
+    sessions: sessionmaker[Session],
+) -> None:
+    due = T0 + timedelta(hours=24)
+    specs = [  # (supporter digit, hours after ``due``, priority), stored in a scrambled order
+        ("1", 0, "low"),
+        ("2", 0, "high"),
+        ("3", -1, "low"),  # due sooner: first, whatever its priority
+        ("4", 0, "normal"),
+        ("5", 1, "high"),  # due later: last, whatever its priority
+        ("6", 0, "high"),
+    ]
+    with sessions.begin() as session:
+        store_tasks(
+            session,
+            [task("sup_" + d * 32, due + timedelta(hours=h), priority=p) for d, h, p in specs],
+        )
+
+    with sessions() as session:
+        listed = list_tasks(session, 10)
+        assert [t["task_id"] for t in list_tasks(session, 3)] == [t["task_id"] for t in listed[:3]]
+    assert [(t["supporter_id"][-1], t["priority"]) for t in listed] == [
+        ("3", "low"),
+        ("2", "high"),  # ties of due time and priority: by task id
+        ("6", "high"),
+        ("4", "normal"),
+        ("1", "low"),
+        ("5", "high"),
+    ]
 
 
 def test_claim_nudge_moves_pending_to_sending_once(sessions: sessionmaker[Session]) -> None:

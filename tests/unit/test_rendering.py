@@ -34,7 +34,13 @@ REQUIRED = {
 }
 EVERY = sorted(
     (name, channel)
-    for name in ("welcome", "thanks_first_meeting", "invite_next_meeting")
+    for name in (
+        "welcome",
+        "thanks_first_meeting",
+        "invite_next_meeting",
+        "sorry_we_missed_you",
+        "we_miss_you",
+    )
     for channel in ("email", "sms")
 )
 FULL = {
@@ -124,6 +130,36 @@ def test_area_and_optional_context_appear_when_given(book: TemplateBook) -> None
     assert bare.subject == "Join us at the next meeting"
     assert "Details and directions" not in bare.body
     assert "is coming up soon" in render(book, "invite_next_meeting", "sms", {}).body
+
+
+def test_sorry_we_missed_you_names_the_meeting_when_known(book: TemplateBook) -> None:
+    email = render(book, "sorry_we_missed_you", "email", FULL)
+    assert email.subject == "Sorry we missed you in Newcastle upon Tyne"
+    assert "We missed you at the Byker housing meeting." in email.body
+    assert "a next one, Wednesday 24 September, 7.30pm." in email.body
+    assert "Details: https://example.org/meetings/byker-housing" in email.body
+    sms = render(book, "sorry_we_missed_you", "sms", FULL)
+    assert "The next meeting in Newcastle upon Tyne is Wednesday 24 September, 7.30pm." in sms.body
+
+    bare = render(book, "sorry_we_missed_you", "email", {})
+    assert bare.subject == "Sorry we missed you"
+    assert "We missed you at the meeting." in bare.body
+    assert "Details:" not in bare.body
+    assert (
+        "The next meeting is coming up soon." in render(book, "sorry_we_missed_you", "sms", {}).body
+    )
+
+
+def test_we_miss_you_names_the_area_when_known(book: TemplateBook) -> None:
+    email = render(book, "we_miss_you", "email", FULL)
+    assert email.subject == "We miss you in Newcastle upon Tyne"
+    assert "since we saw you in Newcastle upon Tyne," in email.body
+    assert (
+        "We've missed you in Newcastle upon Tyne!" in render(book, "we_miss_you", "sms", FULL).body
+    )
+
+    assert render(book, "we_miss_you", "email", {}).subject == "We miss you"
+    assert "We've missed you!" in render(book, "we_miss_you", "sms", {}).body
 
 
 def test_explicit_org_and_opt_out_win_over_the_context(book: TemplateBook) -> None:
