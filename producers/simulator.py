@@ -23,7 +23,9 @@ CONSENT_WORDING = "v1"
 
 # Behaviour, as probabilities per supporter unless said otherwise. The resulting shares are
 # roughly: 92% give an email (60% of them a phone too), 8% only a phone; 80% consent to email,
-# 45% to SMS; 70% sign a petition; 25% RSVP; 15-17% attend; 65% of RSVPs turn up; 5% attend 3+.
+# 45% to SMS; 70% sign a petition; 25% RSVP; 15-17% attend; 65% of RSVPs turn up (the rest
+# are marked no-shows); 5% attend 3+, a third of whom host one; a fifth of first-timers were
+# brought by a friend; 2% give their email and phone on different forms until a meeting.
 P_PHONE_ONLY = 0.08
 P_PHONE_WITH_EMAIL = 0.60
 P_CONSENT_EMAIL = 0.87  # of those who gave an email
@@ -39,6 +41,10 @@ P_REGULAR_NO_SHOW = 0.5  # chance a regular with 4+ RSVPs misses one of them
 P_REGULAR_EXTRA_WALK_IN = 0.10
 P_WALK_IN = 0.015  # of the rest: signs up on the night at a meeting
 P_EMAIL_TYPED_DIFFERENTLY = 0.05  # later forms: same address, different capitals
+P_REGULAR_HOSTS = 0.35  # of regulars: hosts one of their later meetings (one host a meeting)
+P_BROUGHT_BY_FRIEND = 0.30  # of first attendances where someone who came before is there too
+P_SPLIT_IDENTITY = 0.25  # of attendees who have both (not walk-ins): email-only signup, a
+# phone-only petition, then both on the sign-in sheet, which merges the two supporter ids
 
 
 @dataclass(frozen=True)
@@ -231,15 +237,31 @@ class _Journeys:
         self.emails: set[str] = set()
         self.phones: set[str] = set()
         self.out: list[tuple[datetime, int, dict[str, Any]]] = []
+        # Who came to each meeting (email, when they first came to any), for "brought by".
+        self.attendees: dict[str, list[tuple[str, datetime]]] = {}
+        self.hosted: set[str] = set()  # meetings that already have a host
 
     def supporter(self) -> None:
         rng = self.rng
         person = self._person()
         has_email, has_phone = person.email is not None, person.phone is not None
         consent_email = has_email and rng.random() < P_CONSENT_EMAIL
-        consent_sms = has_phone and rng.random() < P_CONSENT_SMS
         petitions = self._petitions_for(person.area) if rng.random() < P_PETITION else []
         rsvps, attends, walk_in = self._meeting_plan(person.area)
+        # Email on the signup form, phone on a petition, both on the sign-in sheet: the ingest
+        # API only learns at the meeting that the two supporter ids are one person.
+        split = (
+            has_email
+            and has_phone
+            and bool(attends)
+            and walk_in is None
+            and rng.random() < P_SPLIT_IDENTITY
+        )
+        if split and not petitions:
+            petitions = self._petitions_for(person.area)
+        consent_sms = has_phone and not split and rng.random() < P_CONSENT_SMS
+        host = self._meeting_to_host(attends)
+        brought_by = self._friend_at(attends[0]) if attends else None
 
         if walk_in is not None:
             signed_up = walk_in.starts_at + timedelta(minutes=rng.randint(5, 40))
@@ -249,13 +271,19 @@ class _Journeys:
             latest = min(rsvp_starts, default=self.end) - timedelta(hours=2)
             signed_up = self._time_between(self.start, latest)
             source = rng.choice(_SIGNUP_SOURCES)
-        via_petition = bool(petitions) and walk_in is None and rng.random() < P_SIGNUP_VIA_PETITION
+        via_petition = (
+            bool(petitions)
+            and walk_in is None
+            and not split
+            and rng.random() < P_SIGNUP_VIA_PETITION
+        )
         if via_petition:
             source = "petition"
         self._emit(
             signed_up,
             person,
             "supporter.signup",
+            with_phone=not split,
             source=source,
             consent_email=consent_email,
             consent_sms=consent_sms,
@@ -263,29 +291,73 @@ class _Journeys:
         )
 
         for n, petition in enumerate(petitions):
+            only_phone = split and n == 0
             if n == 0 and via_petition:
                 at = signed_up + timedelta(seconds=rng.randint(5, 240))
+            elif only_phone:  # before the meeting that links the phone to the email
+                first_meeting = attends[0].starts_at - timedelta(minutes=30)
+                at = self._time_between(signed_up + timedelta(minutes=10), first_meeting)
             else:
                 at = self._time_between(signed_up + timedelta(minutes=10), self.end)
             self._emit(
                 at,
                 person,
                 "petition.signed",
+                with_email=not only_phone,
+                with_phone=not has_email or only_phone,
                 petition_id=petition.petition_id,
                 petition_title=petition.title,
-                with_phone=not has_email,
             )
 
         for meeting in rsvps:
             lo = max(signed_up + timedelta(minutes=1), meeting.starts_at - timedelta(days=10))
             at = self._time_between(lo, meeting.starts_at - timedelta(minutes=30))
-            self._emit(at, person, "event.rsvp", **_meeting_fields(meeting))
-        for meeting in attends:
+            self._emit(at, person, "event.rsvp", with_phone=not split, **_meeting_fields(meeting))
+        for meeting in rsvps:
+            if meeting not in attends:  # marked absent on the sign-in sheet, that night or next day
+                hi = min(meeting.starts_at + timedelta(hours=26), self.end)
+                at = self._time_between(meeting.starts_at + timedelta(hours=1), hi)
+                fields = _meeting_fields(meeting)
+                self._emit(at, person, "event.no_show", with_phone=not split, **fields)
+        for n, meeting in enumerate(attends):
+            extra: dict[str, Any] = {}
             if meeting is walk_in:
                 at = signed_up + timedelta(seconds=rng.randint(30, 300))
+            elif meeting is host:
+                at = meeting.starts_at - timedelta(minutes=rng.randint(5, 25))  # opens up
+                extra["role"] = "host"
             else:
                 at = meeting.starts_at + timedelta(minutes=rng.randint(-10, 30))
-            self._emit(at, person, "event.attended", **_meeting_fields(meeting))
+            if n == 0 and brought_by is not None:
+                extra["brought_by_email"] = brought_by
+            self._emit(at, person, "event.attended", **_meeting_fields(meeting), **extra)
+        if person.email is not None and attends:
+            for meeting in attends:
+                self.attendees.setdefault(meeting.meeting_id, []).append(
+                    (person.email, attends[0].starts_at)
+                )
+
+    def _meeting_to_host(self, attends: list[Meeting]) -> Meeting | None:
+        """For some regulars (3+ meetings), one of their later meetings nobody hosts yet."""
+        if len(attends) < 3 or self.rng.random() >= P_REGULAR_HOSTS:
+            return None
+        free = [m for m in attends[1:] if m.meeting_id not in self.hosted]
+        if not free:
+            return None
+        meeting = self.rng.choice(free)
+        self.hosted.add(meeting.meeting_id)
+        return meeting
+
+    def _friend_at(self, meeting: Meeting) -> str | None:
+        """Sometimes, the email of someone at ``meeting`` who had come to one before."""
+        friends = [
+            email
+            for email, first in self.attendees.get(meeting.meeting_id, [])
+            if first < meeting.starts_at
+        ]
+        if not friends or self.rng.random() >= P_BROUGHT_BY_FRIEND:
+            return None
+        return self.rng.choice(friends)
 
     def _meeting_plan(self, area: Area) -> tuple[list[Meeting], list[Meeting], Meeting | None]:
         """(meetings RSVPed to, meetings attended, the walk-in meeting if signed up at one)."""
@@ -389,12 +461,15 @@ class _Journeys:
         person: _Person,
         event_type: str,
         *,
+        with_email: bool = True,
         with_phone: bool = True,
         **fields: Any,
     ) -> None:
+        """Queue one payload. Email if known (unless ``with_email`` is False); the phone if
+        known and ``with_phone``, or when it is the only contact given."""
         rng = self.rng
         event_id = uuid.UUID(int=rng.getrandbits(128), version=4)
-        email = person.email
+        email = person.email if with_email else None
         retyped = event_type != "supporter.signup" and rng.random() < P_EMAIL_TYPED_DIFFERENTLY
         if email is not None and retyped:
             email = email[:1].upper() + email[1:]
@@ -409,7 +484,7 @@ class _Journeys:
         }
         if email is not None:
             payload["email"] = email
-        if person.phone is not None and (with_phone or person.email is None):
+        if person.phone is not None and (with_phone or email is None):
             payload["phone"] = person.phone
         payload.update(fields)
         self.out.append((at, len(self.out), payload))
@@ -440,6 +515,11 @@ def generate_events(
     Pure and deterministic: the same arguments give the same events and event ids. Each
     supporter signs up first; petitions, RSVPs and attendance follow in causal order, and
     attendance happens at the meeting (or just after a signup on the night, for walk-ins).
+    An RSVP not kept is marked ``event.no_show`` after the meeting; some regulars host a
+    meeting (``role: host``); some first-timers were brought by someone who came before
+    (``brought_by_email``); a few people give their email and their phone on separate forms
+    until a sign-in sheet has both. Nothing needs a supporter id (no outcomes, clicks or
+    consent changes).
     """
     if supporters < 0:
         raise ValueError("supporters must not be negative")

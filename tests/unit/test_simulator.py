@@ -28,11 +28,13 @@ def events() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def journeys(events: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Validated events grouped by supporter identity (normalised email, else phone)."""
+    """Validated events grouped by person: by normalised email, else by phone, where a phone
+    given beside an email anywhere belongs to that email (as the ingest API links them)."""
+    models = [INGEST.validate_python(payload) for payload in events]
+    email_of_phone = {m.phone: m.email for m in models if m.email and m.phone}
     by_person: dict[str, list[Any]] = defaultdict(list)
-    for payload in events:
-        model = INGEST.validate_python(payload)
-        by_person[model.email or model.phone].append(model)
+    for model in models:
+        by_person[model.email or email_of_phone.get(model.phone, model.phone)].append(model)
     return by_person
 
 
@@ -45,6 +47,23 @@ def test_same_seed_same_events_other_seed_other_events() -> None:
     assert generate_events(200, seed=7) == first
     other = generate_events(200, seed=8)
     assert {e["event_id"] for e in other}.isdisjoint(e["event_id"] for e in first)
+    assert other != first
+
+
+def test_every_kind_the_simulator_makes_is_there_and_none_that_needs_an_id(
+    events: list[dict[str, Any]],
+) -> None:
+    kinds = Counter(e["type"] for e in events)
+    assert set(kinds) == {
+        "supporter.signup",
+        "petition.signed",
+        "event.rsvp",
+        "event.attended",
+        "event.no_show",
+    }
+    assert any(e.get("role") == "host" for e in events)
+    assert any("brought_by_email" in e for e in events)
+    assert not any("supporter_id" in e for e in events)
 
 
 def test_every_payload_is_a_valid_json_ready_ingest_event(events: list[dict[str, Any]]) -> None:
@@ -101,6 +120,94 @@ def test_ratios_are_realistic(events: list[dict[str, Any]], journeys: dict[str, 
     assert len({e["area"] for e in events}) == len(AREAS)
 
 
+def test_every_rsvp_not_kept_is_marked_a_no_show_after_the_meeting(
+    journeys: dict[str, list[Any]],
+) -> None:
+    def meetings(journey: list[Any], event_type: str) -> set[str]:
+        return {m.meeting_id for m in journey if m.type == event_type}
+
+    no_shows = 0
+    for journey in journeys.values():
+        missed = meetings(journey, "event.rsvp") - meetings(journey, "event.attended")
+        marked = [m for m in journey if m.type == "event.no_show"]
+        assert sorted(m.meeting_id for m in marked) == sorted(missed)
+        for m in marked:
+            assert m.meeting_starts_at is not None and m.meeting_title
+            assert timedelta(hours=1) <= m.event_time - m.meeting_starts_at <= timedelta(hours=26)
+        no_shows += len(marked)
+    rsvps = sum(m.type == "event.rsvp" for j in journeys.values() for m in j)
+    assert 0.25 <= no_shows / rsvps <= 0.45
+
+
+def test_some_regulars_host_one_meeting_each_and_no_meeting_has_two_hosts(
+    journeys: dict[str, list[Any]],
+) -> None:
+    hosted: list[str] = []
+    regulars = hosts = 0
+    for journey in journeys.values():
+        attended = [m for m in journey if m.type == "event.attended"]
+        ran = [m for m in attended if m.role == "host"]
+        regulars += len(attended) >= 3
+        hosts += bool(ran)
+        if ran:
+            assert len(ran) == 1 and len(attended) >= 3, "only regulars host, once"
+            assert ran[0] is not attended[0], "nobody hosts their first meeting"
+            # Opens up before the start, after their RSVP.
+            assert ran[0].meeting_starts_at - ran[0].event_time <= timedelta(minutes=25)
+            assert ran[0].event_time < ran[0].meeting_starts_at
+        hosted.extend(m.meeting_id for m in ran)
+    assert len(hosted) == len(set(hosted))
+    assert 0.15 <= hosts / regulars <= 0.45
+
+
+def test_some_first_timers_were_brought_by_someone_who_came_before(
+    journeys: dict[str, list[Any]],
+) -> None:
+    first_came: dict[str, datetime] = {}
+    at_meeting: dict[str, set[str]] = defaultdict(set)
+    for person, journey in journeys.items():
+        attended = [m for m in journey if m.type == "event.attended"]
+        if attended:
+            first_came[person] = attended[0].meeting_starts_at
+        for m in attended:
+            at_meeting[m.meeting_id].add(person)
+    brought = 0
+    for person, journey in journeys.items():
+        attended = [m for m in journey if m.type == "event.attended"]
+        for n, m in enumerate(attended):
+            if m.brought_by_email is None:
+                continue
+            assert n == 0, "brought to their first meeting only"
+            bringer = m.brought_by_email
+            assert bringer != person and bringer in journeys
+            assert bringer in at_meeting[m.meeting_id], "the friend came too"
+            assert first_came[bringer] < m.meeting_starts_at, "and had come before"
+            assert m.brought_by_phone is None
+            brought += 1
+    assert 0.08 <= brought / len(first_came) <= 0.35
+
+
+def test_a_few_give_email_and_phone_on_separate_forms_until_a_sign_in_sheet(
+    journeys: dict[str, list[Any]],
+) -> None:
+    """Email-only signup, a phone-only petition, then both at a meeting: the ingest API keys
+    the petition by the phone's supporter id and merges the two ids at the meeting."""
+    split = 0
+    for journey in journeys.values():
+        signup = journey[0]
+        phone_only = [m for m in journey if m.email is None and m.phone is not None]
+        if signup.email is None or not phone_only:
+            continue
+        split += 1
+        assert signup.phone is None and not signup.consent_sms
+        assert [m.type for m in phone_only] == ["petition.signed"]
+        linked = next(m for m in journey if m.email and m.phone)
+        assert linked.type == "event.attended"
+        assert signup.event_time < phone_only[0].event_time < linked.event_time
+        assert not any(m.email and m.phone for m in journey[: journey.index(linked)])
+    assert 0.01 <= split / len(journeys) <= 0.04
+
+
 def test_each_journey_is_causally_ordered(journeys: dict[str, list[Any]]) -> None:
     for journey in journeys.values():
         times = [m.event_time for m in journey]
@@ -109,7 +216,7 @@ def test_each_journey_is_causally_ordered(journeys: dict[str, list[Any]]) -> Non
         assert all(t > journey[0].event_time for t in times[1:])
         rsvped = {m.meeting_id: m.event_time for m in journey if m.type == "event.rsvp"}
         for m in journey:
-            if m.type in ("event.rsvp", "event.attended"):
+            if m.type in ("event.rsvp", "event.attended", "event.no_show"):
                 assert m.meeting_starts_at is not None
             if m.type == "event.rsvp":
                 assert m.event_time < m.meeting_starts_at
