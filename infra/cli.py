@@ -268,11 +268,20 @@ def cmd_tasks(settings: Settings, args: argparse.Namespace) -> int:
 
     def line(row: dict[str, Any]) -> str:
         return (
-            f"due {row['due_at']}  {row['area'] or '-':<12} {row['supporter_id']}  "
-            f"{row['kind']}: {row['reason']}"
+            f"due {row['due_at']}  {row['priority']:<6} {row['area'] or '-':<12} "
+            f"{row['supporter_id']}  {row['kind']}: {row['reason']}"
         )
 
     return _listing(settings, args, list_tasks, line, "tasks")
+
+
+def cmd_scores(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.repository import top_scores
+
+    def line(row: dict[str, Any]) -> str:
+        return f"{row['score']:>8.2f}  {row['rung']:<18} {row['supporter_id']}"
+
+    return _listing(settings, args, top_scores, line, "supporters")
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -286,9 +295,15 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from infra.bench.run import run_bench
 
-    figures = run_bench(
-        events=args.events, latency_seconds=args.latency_seconds, home=settings.home
-    )
+    if args.scale_only:
+        from infra.bench.state import replay_time, state_memory
+
+        figures = state_memory(args.supporters)
+        figures.update(replay_time(max(round(args.replay_events / 3.4), 1)))
+    else:
+        figures = run_bench(
+            events=args.events, latency_seconds=args.latency_seconds, home=settings.home
+        )
     print(json.dumps(figures, indent=None if args.json else 2))
     return 0
 
@@ -300,6 +315,117 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     return run_demo(settings, supporters=args.supporters, seconds=args.seconds, seed=seed)
+
+
+def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from streams.explain import UnknownSupporter, explain, render
+
+    now = datetime.fromisoformat(args.at).timestamp() if args.at else None
+    try:
+        result = explain(_sessions(settings), _engine(settings), args.supporter_id, now)
+    except UnknownSupporter:
+        print(f"no events for {args.supporter_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
+    from streams.replay import ledger_records, replay, topic_records
+
+    engine = _engine(settings)
+    sessions = _sessions(settings)
+    source = args.source
+    if source == "topics":
+        records: Any = topic_records(_bootstrap(settings))
+    else:
+        records = ledger_records(sessions)
+    result = replay(engine, records, time.time())
+    report = {
+        "source": source,
+        "events": result.events,
+        "refused": result.refused,
+        "supporters": len(result.scores),
+        "seconds": round(result.seconds, 2),
+        "events_per_s": round(result.events / result.seconds) if result.seconds else None,
+        **_compare_with_stored(sessions, result, engine.half_life_days, repair=args.repair),
+    }
+    print(json.dumps(report, indent=2))
+    return 0 if not (report["nudges_new"] or report["tasks_new"]) else 3
+
+
+def _compare_with_stored(
+    sessions: Any, result: Any, half_life_days: float, repair: bool
+) -> dict[str, Any]:
+    """How the replay's scores, nudges and tasks compare with what the consumers stored."""
+    import uuid
+
+    from sqlalchemy import select
+
+    from consumers.repository import store_scores
+    from infra.db import FollowUpTask, Nudge, SupporterScore
+    from schemas.events import EngagementScored
+
+    with sessions() as session:
+        stored = {
+            sid: (score, rung)
+            for sid, score, rung in session.execute(
+                select(SupporterScore.supporter_id, SupporterScore.score, SupporterScore.rung)
+            )
+        }
+        nudges = set(session.scalars(select(Nudge.nudge_id)))
+        tasks = set(session.scalars(select(FollowUpTask.task_id)))
+    differ = sorted(
+        sid for sid, (score, rung, _) in result.scores.items() if stored.get(sid) != (score, rung)
+    )
+    if repair and differ:
+        with sessions.begin() as session:
+            store_scores(
+                session,
+                [
+                    EngagementScored(
+                        event_id=uuid.uuid4(),
+                        event_time=result.scores[sid][2],
+                        supporter_id=sid,
+                        score=result.scores[sid][0],
+                        rung=result.scores[sid][1],
+                        cause_event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"replay:{sid}"),
+                        half_life_days=half_life_days,
+                    )
+                    for sid in differ
+                ],
+            )
+    return {
+        "scores_identical": len(result.scores) - len(differ),
+        "scores_different_or_missing": len(differ),
+        "scores_repaired": len(differ) if repair else 0,
+        "example_differences": differ[:5],
+        "nudges_decided": len(result.nudge_ids),
+        "nudges_new": len(result.nudge_ids - nudges),
+        "tasks_decided": len(result.task_ids),
+        "tasks_new": len(result.task_ids - tasks),
+    }
+
+
+def cmd_playbook(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.rendering import TemplateBook
+    from streams.playbook import PlaybookError, load_playbook
+
+    try:
+        playbook = load_playbook(args.file or settings.playbook, TemplateBook().names)
+    except PlaybookError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 1
+    model = playbook.model
+    print(
+        f"{playbook.source}: ok: {len(model.scoring.actions)} weighted actions, "
+        f"ladder {' < '.join(playbook.rung_names)}, {len(model.rules)} rules"
+    )
+    return 0
 
 
 def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
@@ -353,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     csv_import.add_argument("--url")
     csv_import.set_defaults(run=cmd_import_csv)
 
-    for name, run in (("outbox", cmd_outbox), ("tasks", cmd_tasks)):
+    for name, run in (("outbox", cmd_outbox), ("tasks", cmd_tasks), ("scores", cmd_scores)):
         listing = sub.add_parser(name, help=f"list the {name}")
         listing.add_argument("--json", action="store_true")
         listing.add_argument("--limit", type=int, default=1000)
@@ -365,12 +491,34 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--events", type=int, default=100_000)
     bench.add_argument("--latency-seconds", type=float, default=20.0)
+    bench.add_argument(
+        "--scale-only",
+        action="store_true",
+        help="only the playbook's scale figures: state memory and replay time",
+    )
+    bench.add_argument("--supporters", type=int, default=1_000_000, help="with --scale-only")
+    bench.add_argument("--replay-events", type=int, default=1_000_000, help="with --scale-only")
     bench.set_defaults(run=cmd_bench)
     demo = sub.add_parser("demo", help="start everything, simulate traffic, watch it flow")
     demo.add_argument("--supporters", type=int, default=300)
     demo.add_argument("--seconds", type=float, default=90.0)
     demo.add_argument("--seed", type=int, default=None, help="default: a new one each run")
     demo.set_defaults(run=cmd_demo)
+    explain = sub.add_parser("explain", help="why a supporter's score, rung and nudges are so")
+    explain.add_argument("supporter_id")
+    explain.add_argument("--json", action="store_true")
+    explain.add_argument("--at", help="ISO time to explain as of, with zone (default: now)")
+    explain.set_defaults(run=cmd_explain)
+    replay = sub.add_parser(
+        "replay", help="fold the whole log again; compare scores, nudges and tasks with stored"
+    )
+    replay.add_argument("--source", choices=["ledger", "topics"], default="ledger")
+    replay.add_argument("--repair", action="store_true", help="rewrite stored scores that differ")
+    replay.set_defaults(run=cmd_replay)
+    playbook = sub.add_parser("playbook", help="check a playbook file")
+    playbook.add_argument("action", choices=["check"])
+    playbook.add_argument("file", nargs="?", help="default: ENGAGE_PLAYBOOK or the shipped one")
+    playbook.set_defaults(run=cmd_playbook)
     export = sub.add_parser("schemas", help="write each topic's JSON Schema, for analysts")
     export.add_argument("--out", default="schemas/json")
     export.set_defaults(run=cmd_schemas)

@@ -113,6 +113,36 @@ class LiveView:
         self.consumer.close()
 
 
+def _explain_top_supporter(
+    console: Console, settings: Settings, supervisor: Supervisor, engage: str
+) -> None:
+    """The ladder's head count and `engage explain` for the highest-scoring supporter."""
+
+    from consumers.repository import top_scores
+    from infra.db import SupporterScore
+    from streams.engagement import Engine
+    from streams.explain import explain, render
+    from streams.playbook import load_playbook
+
+    with supervisor.sessions() as session:
+        rungs = dict(
+            session.execute(
+                select(SupporterScore.rung, func.count()).group_by(SupporterScore.rung)
+            ).all()
+        )
+        top = top_scores(session, 1)
+    engine = Engine(load_playbook(settings.playbook))
+    ladder = ", ".join(f"{name} {rungs.get(name, 0)}" for name in engine.playbook.rung_names)
+    console.print(f"  the ladder now: {ladder}")
+    if not top:
+        return
+    sid = top[0]["supporter_id"]
+    # As the user can type it: `engage` when it is on PATH, else the script's own path.
+    console.print(f"\n[bold]Why the top scorer is where they are[/bold] ({engage} explain {sid})")
+    text = render(explain(supervisor.sessions, engine, sid))
+    console.print(text, markup=False, highlight=False)
+
+
 def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> int:
     from producers.client import IngestClient
     from producers.simulator import simulate
@@ -176,12 +206,16 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
             f"rejected {result.rejected}, in {result.seconds:.1f}s"
         )
     console.print(f"  nudges: {snap.get('nudges')}, follow-up tasks: {snap.get('task_count')}")
-    console.print("\n[bold]Where to look next[/bold]")
-    # As the user can type it: `engage` when it is on PATH, else the script's own path.
     engage = "engage" if shutil.which("engage") else os.path.relpath(sys.argv[0])
+    _explain_top_supporter(console, settings, supervisor, engage)
+    console.print("\n[bold]Where to look next[/bold]")
     for line in (
         f"{engage} outbox      the emails and texts that were 'sent' (add --json)",
         f"{engage} tasks       the organisers' follow-up queue (add --json)",
+        f"{engage} scores      the highest engagement scores and their rungs",
+        f"{engage} explain ID  why a supporter's score, rung and nudges are what they are",
+        f"{engage} replay      fold the whole log again: same scores, no new nudge or task",
+        f"{engage} playbook check FILE   validate an edited playbook (ENGAGE_PLAYBOOK)",
         f"{engage} up          keep the pipeline running; API docs at <api>/docs",
         f"{engage} simulate --supporters 500   more traffic into a running pipeline",
         f"{engage} status      topics, message counts and consumer lag",

@@ -15,7 +15,7 @@ from schemas.catalogue import INPUT_TOPICS, TOPICS
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "engage-stream": INPUT_TOPICS,
-    "engage-consumers": ("nudge.requested", "task.created"),
+    "engage-consumers": ("nudge.requested", "task.created", "engagement.scored"),
 }
 
 

@@ -12,6 +12,9 @@ from infra.db import make_engine, session_factory
 from infra.settings import Settings
 from producers.api import IngestService, ingest_router, openapi_components
 from producers.unsubscribe import unsubscribe_router
+from streams.engagement import Engine
+from streams.explain import explain_router
+from streams.playbook import load_playbook
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -29,6 +32,8 @@ def create_app(settings: Settings) -> FastAPI:
         max_batch=settings.max_batch,
     )
     app.include_router(ingest_router(service))
+    engine = Engine(load_playbook(settings.playbook))
+    app.include_router(explain_router(sessions, engine, service.token))
     app.include_router(
         unsubscribe_router(sessions, settings.org_name, settings.secret("identity_key"))
     )

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
+from infra.db import epoch_millis
 from producers.ledger import mark_published, unpublished
 
 log = structlog.get_logger(__name__)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class LedgerRelay:
@@ -33,7 +32,7 @@ class LedgerRelay:
         holds back the same events on a replay as it did live."""
         with self.sessions() as session:
             rows = [
-                (r.seq, r.topic, r.key, r.payload, _millis(r.accepted_at))
+                (r.seq, r.topic, r.key, r.payload, epoch_millis(r.accepted_at))
                 for r in unpublished(session, self.batch)
             ]
         if not rows:
@@ -61,7 +60,3 @@ class LedgerRelay:
                 log.debug("relay.published", count=published)
             else:
                 stop.wait(idle_s)
-
-
-def _millis(at: datetime) -> int:
-    return (at - _EPOCH) // timedelta(milliseconds=1)

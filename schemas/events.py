@@ -6,7 +6,7 @@ import functools
 import re
 import uuid
 from collections.abc import Callable
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -29,7 +29,12 @@ def derived_event_id(cause_event_id: uuid.UUID, what: str) -> uuid.UUID:
     """Deterministic id of the ``what`` (a small set of names: 'scored', a rule) caused by an
     event, so a replay repeats it exactly: the cause's id XOR a per-name mask, marked as a
     version-8 (custom) UUID. A quarter of uuid5's cost, which the stream pays per output."""
-    return uuid.UUID(int=(cause_event_id.int & ~_VERSION_BITS) ^ _mask(what) | _VERSION_8)
+    derived = object.__new__(uuid.UUID)  # UUID(int=...) re-checks a value that is valid here
+    object.__setattr__(
+        derived, "int", (cause_event_id.int & ~_VERSION_BITS) ^ _mask(what) | _VERSION_8
+    )
+    object.__setattr__(derived, "is_safe", uuid.SafeUUID.unknown)
+    return derived
 
 
 class Event(BaseModel):
@@ -50,6 +55,30 @@ class Event(BaseModel):
 Email = Annotated[str, Field(max_length=254, pattern=r"^[^@\sA-Z]+@[^@\sA-Z]+$")]
 Phone = Annotated[str, Field(max_length=16, pattern=r"^\+[1-9][0-9]{6,14}$")]
 Postcode = Annotated[str, Field(max_length=8, pattern=r"^[A-Z]{1,2}[0-9][A-Z0-9]? [0-9][A-Z]{2}$")]
+
+
+E = TypeVar("E", bound=Event)
+
+
+def built(model: type[E], **values: object) -> E:
+    """An instance of ``model`` from values the caller vouches for (our own outputs), without
+    validation: a fraction of ``model_construct``'s cost, which the stream pays per output.
+    Fields not given take their defaults."""
+    instance = model.__new__(model)
+    object.__setattr__(instance, "__dict__", {**_defaults(model), **values})
+    object.__setattr__(instance, "__pydantic_fields_set__", set(values))
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance
+
+
+@functools.cache
+def _defaults(model: type[Event]) -> dict[str, object]:
+    return {
+        name: info.get_default(call_default_factory=True)
+        for name, info in model.model_fields.items()
+        if not info.is_required() and info.default_factory is None
+    }
 
 
 class ContactFields(Event):
@@ -316,8 +345,10 @@ class EngagementScored(Event):
     topic = "engagement.scored"
     type: Literal["engagement.scored"] = "engagement.scored"
     supporter_id: SupporterId
-    score: float = Field(description="Decayed weighted sum of actions at event_time.")
-    rung: str
+    score: float = Field(
+        allow_inf_nan=False, description="Decayed weighted sum of actions at event_time."
+    )
+    rung: str = Field(min_length=1, max_length=100)
     previous_rung: str | None = None
     cause_event_id: uuid.UUID
     half_life_days: float
@@ -363,10 +394,10 @@ class TaskCreated(Event):
     type: Literal["task.created"] = "task.created"
     task_id: ShortText
     supporter_id: SupporterId
-    kind: ShortText
+    kind: str = Field(min_length=1, max_length=100)
     reason: str = Field(max_length=500)
     due_at: AwareDatetime
-    area: str | None = None
+    area: str | None = Field(default=None, max_length=100)
     rule: ShortText
     cause_event_id: uuid.UUID
     priority: Literal["high", "normal", "low"] = "normal"

@@ -9,29 +9,24 @@ caller passes in (so tests can move it). ``engage explain`` runs the same fold w
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import sys
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from schemas.actions import kinds_of
 from schemas.events import (
-    ConsentChanged,
-    EmailClicked,
     EngagementScored,
     Event,
-    EventAttended,
-    EventNoShow,
-    EventRSVP,
     IdentityMerged,
     LadderChanged,
     NudgeRequested,
-    PetitionSigned,
-    SupporterBrought,
-    SupporterSignup,
     TaskCreated,
-    TaskOutcome,
+    built,
     derived_event_id,
 )
 from streams.playbook import Playbook, Rule, SendAction
@@ -42,6 +37,7 @@ from streams.scoring import (
     Check,
     Scorer,
     View,
+    all_of,
     pack,
     pack_all,
     to_datetime,
@@ -60,9 +56,10 @@ class SupporterState:
     ``actions`` and ``fired`` are packed 64-bit values (streams/scoring.py): kept actions,
     and per rule the time it last fired (rule index << 32 | seconds since 2000).
     ``latest`` is the newest action's time, ``rung`` an index into the ladder.
+    Small ints and shared strings cost the slot only.
     """
 
-    __slots__ = ("actions", "area", "fired", "latest", "rung")
+    __slots__ = ("actions", "area", "fired", "lapsed", "latest", "rung")
 
     def __init__(self) -> None:
         self.actions = b""
@@ -70,6 +67,7 @@ class SupporterState:
         self.latest = 0
         self.rung = 0
         self.area: str | None = None
+        self.lapsed = 0  # lapse rules (shortest first) decided in the current quiet spell
 
     def last_fired(self, rule: int) -> int | None:
         for value in unpack_all(self.fired):
@@ -129,11 +127,13 @@ class Engine:
         self.half_life_days = playbook.model.scoring.half_life_days
         self.rules = list(playbook.model.rules)
         self.rule_checks: list[list[Check]] = [self.scorer.compile(r.when) for r in self.rules]
+        self.rule_holds = [all_of(checks) for checks in self.rule_checks]
         self.on_event: dict[int, list[int]] = {}
         self.on_reached: dict[int, list[int]] = {}
         self.on_lost: dict[int, list[int]] = {}
         self.on_lapse: list[int] = []
-        names = playbook.rung_names
+        names = self.rung_names = playbook.rung_names
+        self.rung_reasons = [r.description or f"reached {r.name}" for r in playbook.model.ladder]
         for index, rule in enumerate(self.rules):
             trigger = rule.trigger
             if trigger.event is not None:
@@ -145,6 +145,9 @@ class Engine:
             else:
                 self.on_lapse.append(index)
         self.on_lapse.sort(key=lambda i: self.rules[i].trigger.no_activity_days or 0)
+        self.lapse_after = [
+            (self.rules[i].trigger.no_activity_days or 0) * DAY_S for i in self.on_lapse
+        ]
 
     # -- the fold ----------------------------------------------------------------------
 
@@ -155,6 +158,7 @@ class Engine:
         arrived: float | None = None,
         emit: bool = True,
         trace: Trace | None = None,
+        decisions: list[RuleDecision] | None = None,
     ) -> list[Event]:
         """Fold ``event`` into ``state`` (in place) and return what it causes.
 
@@ -162,7 +166,8 @@ class Engine:
         the playbook's tolerance after it raise FutureEvent, and rules do not fire for events
         that arrive later than their ``stale_after_hours``. A repeated event changes nothing
         and causes nothing. With ``emit=False`` the state is rebuilt (replay): rules are
-        decided and recorded as fired, and nothing is returned.
+        decided and recorded as fired, and nothing is returned. ``decisions``, if given,
+        collects the rules that fired (or held out), with their outputs' idempotency keys.
         """
         if state.rung == MERGED:
             if trace is not None:
@@ -188,9 +193,9 @@ class Engine:
             ]
             main = None
         else:
-            main_kind, extra = _kinds(event)
+            main_kind, extra = kinds_of(event)
             fp = event.event_id.int
-            area = getattr(event, "area", None)
+            area = event.__dict__.get("area")
             kinds = [(KIND_CODE[main_kind], at, fp, area)] + [
                 (KIND_CODE[k], at, fp, None) for k in extra
             ]
@@ -198,14 +203,17 @@ class Engine:
         scorer = self.scorer
         outcome = "counted"
         before = state.latest
+        values = list(unpack_all(state.actions))
+        changed = False
         for n, (code, t, fp, area) in enumerate(kinds):
-            state.actions, result = scorer.add(state.actions, pack(t, code, fp), state.latest)
+            result = scorer.add(values, pack(t, code, fp), state.latest)
+            changed = changed or result == "counted"
             if n == 0:
                 outcome = result
             if result != "duplicate" and t >= state.latest:
                 state.latest = t
                 if area:
-                    state.area = area
+                    state.area = sys.intern(area)  # one copy per area, not per supporter
         if main is not None and outcome == "duplicate":
             if trace is not None:
                 trace.entries.append(
@@ -213,15 +221,20 @@ class Engine:
                 )
             return []
         if state.latest > before:
-            state.actions = scorer.forget(state.actions, state.latest)
+            state.lapsed = 0  # a new quiet spell starts
+            kept = scorer.forget(values, state.latest)
+            if len(kept) != len(values):
+                values, changed = kept, True
+        if changed:
+            state.actions = pack_all(values)
         sid = event.key()
-        score = scorer.score(state.actions, state.latest)
-        view = scorer.view(state.actions, state.latest, score, 0, state.area)
+        view = scorer.view(values, state.latest, 0, state.area)
+        score = view.score
         previous, state.rung = state.rung, scorer.rung(view)
-        view = View(view.times, view.as_of, score, state.rung, state.area, view.consent)
+        view.rung = state.rung
         entry = None
         if trace is not None:
-            kind_name = "identity.merged" if main is None else _kinds(event)[0]
+            kind_name = "identity.merged" if main is None else kinds_of(event)[0]
             entry = TraceEntry(
                 str(event.event_id),
                 kind_name,
@@ -232,20 +245,27 @@ class Engine:
             )
             trace.entries.append(entry)
         outputs: list[Event] = []
+        names = self.rung_names
         if emit:
             outputs.append(
-                EngagementScored.model_construct(
+                built(
+                    EngagementScored,
                     event_id=derived_event_id(event.event_id, "scored"),
-                    event_time=to_datetime(state.latest),
+                    event_time=event.event_time
+                    if state.latest == at
+                    else to_datetime(state.latest),
                     supporter_id=sid,
                     score=round(score, 6),
-                    rung=self.playbook.rung_names[state.rung],
-                    previous_rung=self.playbook.rung_names[previous] if before else None,
+                    rung=names[state.rung],
+                    previous_rung=names[previous] if before else None,
                     cause_event_id=event.event_id,
                     half_life_days=self.half_life_days,
                 )
             )
-        candidates = self.on_event.get(main, []) if main is not None else []
+        # Rules answer actions that count: not a repeat, nor one over its cap or forgotten.
+        candidates = (
+            self.on_event.get(main, []) if main is not None and outcome == "counted" else []
+        )
         if state.rung != previous:
             # Everyone starts on the first rung: a newcomer who starts higher moved up too.
             if emit:
@@ -258,6 +278,8 @@ class Engine:
             )
             if entry is not None:
                 entry.rules.append(decision)
+            if decisions is not None and decision.output_id is not None:
+                decisions.append(decision)
             if output is not None:
                 outputs.append(output)
         return outputs
@@ -268,18 +290,30 @@ class Engine:
         return [i for r in range(current + 1, previous + 1) for i in self.on_lost.get(r, [])]
 
     def _ladder_changed(
-        self, sid: str, previous: int, view: View, cause: uuid.UUID | None, now: int = 0
+        self,
+        sid: str,
+        previous: int,
+        view: View,
+        cause: uuid.UUID | None,
+        episode: int | None = None,
     ) -> LadderChanged:
+        """A rung change: caused by an event (its id derived from the event's), or by time
+        passing (its id from the supporter, the move and the quiet spell, so every worker
+        and every restart that sees the same fall gives it the same id)."""
         names = self.playbook.rung_names
-        reason = "; ".join(self.scorer.explain_rung(view, view.rung)[:1])
+        reason = self.rung_reasons[view.rung]
         event_id = (
             derived_event_id(cause, f"ladder:{names[view.rung]}")
             if cause is not None
-            else uuid.uuid5(_LAPSE_NAMESPACE, f"ladder:{sid}:{names[view.rung]}:{view.as_of}")
+            else uuid.uuid5(
+                _LAPSE_NAMESPACE,
+                f"ladder:{sid}:{names[previous]}>{names[view.rung]}:quiet-since-{episode}",
+            )
         )
-        return LadderChanged.model_construct(
+        return built(
+            LadderChanged,
             event_id=event_id,
-            event_time=to_datetime(view.as_of if cause is None else max(view.as_of, now)),
+            event_time=to_datetime(view.as_of),
             supporter_id=sid,
             rung=names[view.rung],
             previous_rung=names[previous],
@@ -305,8 +339,8 @@ class Engine:
     ) -> tuple[RuleDecision, Event | None]:
         """Whether rule ``index`` fires for this supporter at ``t``; record it if so."""
         rule = self.rules[index]
-        failing = [c for c in self.rule_checks[index] if not c.holds(view)]
-        if failing:
+        if not self.rule_holds[index](view):
+            failing = [c for c in self.rule_checks[index] if not c.holds(view)]
             return _suppressed(rule, "conditions: " + "; ".join(c.describe(view) for c in failing))
         action = rule.action
         if isinstance(action, SendAction) and action.send not in view.consent:
@@ -321,7 +355,7 @@ class Engine:
                 )
             if episode is not None and last >= episode:
                 return _suppressed(rule, "cooldown: fired already for this quiet spell")
-            if abs(t - last) < rule.cooldown_days * DAY_S:
+            if t < last or t - last < rule.cooldown_days * DAY_S:
                 return _suppressed(
                     rule,
                     f"cooldown: fired {to_datetime(last):%Y-%m-%d}, "
@@ -348,7 +382,8 @@ class Engine:
             event_id = uuid.uuid5(_LAPSE_NAMESPACE, output_id)
         when = to_datetime(t)
         if isinstance(action, SendAction):
-            return decision, NudgeRequested.model_construct(
+            return decision, built(
+                NudgeRequested,
                 event_id=event_id,
                 event_time=when,
                 nudge_id=output_id,
@@ -360,7 +395,8 @@ class Engine:
                 context=_context(state, cause),
                 holdout=held_out,
             )
-        return decision, TaskCreated.model_construct(
+        return decision, built(
+            TaskCreated,
             event_id=event_id,
             event_time=when,
             task_id=output_id,
@@ -388,42 +424,45 @@ class Engine:
         """
         outputs: list[Event] = []
         t = int(now) - EPOCH
-        first_lapse = (
-            (self.rules[self.on_lapse[0]].trigger.no_activity_days or 0) * DAY_S
-            if self.on_lapse
-            else None
-        )
+        after = self.lapse_after
         windowed = self.scorer.first_windowed_rung
         for sid, state in states.items():
             if state.rung == MERGED or not state.latest or t <= state.latest:
                 continue
-            lapsing = first_lapse is not None and t - state.latest >= first_lapse
-            if not lapsing and state.rung < windowed:
-                continue
-            outputs.extend(self._tick_one(sid, state, t, emit))
+            due = bisect.bisect_right(after, t - state.latest)
+            if state.lapsed >= due and state.rung < windowed:
+                continue  # nothing new is due, and this rung cannot fall
+            outputs.extend(self._tick_one(sid, state, t, due, emit))
         return outputs
 
-    def _tick_one(self, sid: str, state: SupporterState, t: int, emit: bool) -> list[Event]:
+    def _tick_one(
+        self, sid: str, state: SupporterState, t: int, due: int, emit: bool
+    ) -> list[Event]:
         scorer = self.scorer
         outputs: list[Event] = []
-        idle = t - state.latest
-        score = scorer.score(state.actions, t)
-        view = scorer.view(state.actions, t, score, state.rung, state.area)
-        for index in self.on_lapse:
-            if idle < (self.rules[index].trigger.no_activity_days or 0) * DAY_S:
-                break
-            _, output = self._decide(
-                index, state, view, sid, t, None, emit=emit, episode=state.latest
-            )
-            if output is not None:
-                outputs.append(output)
+        values = unpack_all(state.actions)
+        if state.lapsed < due:
+            # Each lapse rule is decided once per quiet spell, when the spell reaches its
+            # length, on the supporter as they were at their last activity.
+            then = scorer.view(values, state.latest, 0, state.area)
+            then.rung = scorer.rung(then)
+            for index in self.on_lapse[state.lapsed : due]:
+                _, output = self._decide(
+                    index, state, then, sid, t, None, emit=emit, episode=state.latest
+                )
+                if output is not None:
+                    outputs.append(output)
+            state.lapsed = due
         if state.rung >= scorer.first_windowed_rung:
+            view = scorer.view(values, t, state.rung, state.area)
             current = scorer.rung(view)
             if current < state.rung:
                 previous, state.rung = state.rung, current
-                view = View(view.times, t, score, current, state.area, view.consent)
+                view.rung = current
                 if emit:
-                    outputs.append(self._ladder_changed(sid, previous, view, None))
+                    outputs.append(
+                        self._ladder_changed(sid, previous, view, None, episode=state.latest)
+                    )
                 for index in self._rung_rules(previous, current):
                     _, output = self._decide(index, state, view, sid, t, None, emit=emit,
                                              episode=state.latest)  # fmt: skip
@@ -448,13 +487,15 @@ class Engine:
                 refused.append({"event_id": str(event.event_id), "reason": str(exc)})
         # What the stream's timer has done by now (lapse rules, rungs fallen as time passed).
         self.tick({sid: state}, now, emit=False)
-        score = self.scorer.score(state.actions, state.latest)
-        view = self.scorer.view(state.actions, state.latest, score, state.rung, state.area)
+        view = self.scorer.view(
+            unpack_all(state.actions), state.latest, max(state.rung, 0), state.area
+        )
+        score = view.score
         names = self.playbook.rung_names
         return {
             "supporter_id": sid,
             "merged": state.rung == MERGED,
-            "score": round(score, 6),
+            "score": score,
             "as_of": to_datetime(state.latest).isoformat() if state.latest else None,
             "half_life_days": self.half_life_days,
             "rung": names[state.rung] if state.rung != MERGED else None,
@@ -465,10 +506,10 @@ class Engine:
                     "kind": c.kind,
                     "at": c.at.isoformat(),
                     "weight": c.weight,
-                    "decay": round(c.factor, 6),
-                    "points": round(c.points, 6),
+                    "decay": c.factor,
+                    "points": c.points,
                 }
-                for c in self.scorer.contributions(state.actions, state.latest)
+                for c in self.scorer.contributions(view)
                 if c.weight
             ],
             "events": [
@@ -506,39 +547,6 @@ class Engine:
         return out
 
 
-def _kinds(event: Event) -> tuple[str, list[str]]:
-    """The action kind of an input event, and the consent actions it carries."""
-    if isinstance(event, SupporterSignup):
-        extra = [k for k, yes in (("email.opted_in", event.consent_email),
-                                  ("sms.opted_in", event.consent_sms)) if yes]  # fmt: skip
-        return "supporter.signup", extra
-    if isinstance(event, EventAttended):
-        return ("event.hosted" if event.role == "host" else "event.attended"), []
-    if isinstance(event, TaskOutcome):
-        return f"outcome.{event.outcome}", []
-    if isinstance(event, ConsentChanged):
-        return f"{event.channel}.{'opted_in' if event.granted else 'opted_out'}", []
-    for model, kind in _SIMPLE_KINDS:
-        if isinstance(event, model):
-            return kind, []
-    raise ValueError(f"no action kind for {event.topic}")
-
-
-_SIMPLE_KINDS: tuple[tuple[type[Event], str], ...] = (
-    (PetitionSigned, "petition.signed"),
-    (EventRSVP, "event.rsvp"),
-    (EventNoShow, "event.no_show"),
-    (SupporterBrought, "supporter.brought"),
-    (EmailClicked, "email.clicked"),
-)
-
-
-def action_kinds(event: Event) -> list[str]:
-    """Every action kind an input event adds (used to carry actions across an identity merge)."""
-    main, extra = _kinds(event)
-    return [main, *extra]
-
-
 def _suppressed(rule: Rule, reason: str) -> tuple[RuleDecision, None]:
     return RuleDecision(rule.name, "suppressed", reason), None
 
@@ -564,7 +572,7 @@ def _output_id(rule: Rule, sid: str, t: int, episode: int | None) -> str:
 def _context(state: SupporterState, cause: Event | None) -> dict[str, str]:
     context = {"area": state.area} if state.area else {}
     for name in ("meeting_title", "petition_title"):
-        value = getattr(cause, name, None)
+        value = cause.__dict__.get(name) if cause is not None else None
         if value:
             context[name] = value
     return context

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,34 +20,12 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
-Kind = Literal[
-    "supporter.signup",
-    "petition.signed",
-    "event.rsvp",
-    "event.attended",
-    "event.hosted",
-    "event.no_show",
-    "supporter.brought",
-    "outcome.positive",
-    "outcome.neutral",
-    "outcome.negative",
-    "outcome.no_answer",
-    "outcome.wrong_number",
-    "email.clicked",
-    "email.opted_in",
-    "email.opted_out",
-    "sms.opted_in",
-    "sms.opted_out",
-]
-"""Action kinds: what a supporter did, as the score and the rules see it."""
-KINDS: tuple[str, ...] = get_args(Kind)
-CONSENT_KINDS = {
-    "email": ("email.opted_in", "email.opted_out"),
-    "sms": ("sms.opted_in", "sms.opted_out"),
-}
+from schemas.actions import Kind
+
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 DEFAULT_PLAYBOOK = Path(__file__).with_name("playbooks") / "default.yaml"
 
@@ -170,11 +148,12 @@ class Rule(_Strict):
         default=72.0, gt=0, description="Not for events that arrive later than this."
     )
 
-    @model_validator(mode="after")
-    def _cooldown(self) -> Rule:
-        if isinstance(self.cooldown_days, int) and self.cooldown_days < 1:
-            raise ValueError("cooldown_days must be 'once' or at least 1")
-        return self
+    @field_validator("cooldown_days")
+    @classmethod
+    def _cooldown(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'once' or at least 1")
+        return value
 
 
 class PlaybookModel(_Strict):
@@ -198,10 +177,10 @@ class Playbook:
 
     model: PlaybookModel
     source: str
+    rung_names: tuple[str, ...] = ()
 
-    @property
-    def rung_names(self) -> tuple[str, ...]:
-        return tuple(r.name for r in self.model.ladder)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rung_names", tuple(r.name for r in self.model.ladder))
 
 
 def load_playbook(
@@ -239,7 +218,9 @@ def parse_playbook(
         try:
             model = PlaybookModel.model_validate(data)
         except ValidationError as exc:
-            problems = [(_loc(err["loc"]), _reason(err)) for err in exc.errors(include_url=False)]
+            problems = _merged(
+                [(_loc(err["loc"]), _reason(err)) for err in exc.errors(include_url=False)]
+            )
         else:
             problems = _cross_check(model, set(templates) if templates is not None else None)
     if problems:
@@ -258,6 +239,10 @@ def _to_python(
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                lines[(*path, "(key)")] = key_node.start_mark.line + 1
+                problems.append(((*path, "(key)"), "a key must be a plain name"))
+                continue
             key = key_node.value
             if key in result:
                 lines[(*path, key)] = key_node.start_mark.line + 1
@@ -268,7 +253,11 @@ def _to_python(
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(v, (*path, i), lines, problems) for i, v in enumerate(node.value)]
-    return _scalar(node)
+    try:
+        return _scalar(node)
+    except yaml.YAMLError as exc:  # an unknown tag such as !foo or !!python/object
+        problems.append((path, f"cannot read this value: {getattr(exc, 'problem', exc)}"))
+        return None
 
 
 def _scalar(node: yaml.Node) -> Any:
@@ -279,9 +268,38 @@ def _scalar(node: yaml.Node) -> Any:
         loader.dispose()
 
 
+_UNION_FIELDS = frozenset({"action", "of", "cooldown_days"})
+
+
 def _loc(loc: tuple[int | str, ...]) -> tuple[str | int, ...]:
-    # Drop pydantic's union tags ('send', 'task', a Literal's text) from the path.
-    return tuple(p for p in loc if not (isinstance(p, str) and p in {"send", "task"}))
+    # Drop the tag pydantic puts after a union field, naming the member that failed ('send',
+    # 'task', 'int', "literal[...]", "list[...]"), and the '[key]' of a dict key's error.
+    return tuple(
+        p
+        for i, p in enumerate(loc)
+        if not (p == "[key]" or (i and isinstance(p, str) and loc[i - 1] in _UNION_FIELDS))
+    )
+
+
+def _merged(
+    problems: list[tuple[tuple[str | int, ...], str]],
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """One problem per field: the complaints of a union's members joined with 'or', and
+    none about a union field when a member got further into it (``of[1]``, not ``of``)."""
+    by_path: dict[tuple[str | int, ...], list[str]] = {}
+    for path, reason in problems:
+        reasons = by_path.setdefault(path, [])
+        if reason not in reasons:
+            reasons.append(reason)
+    return [
+        (path, "; or ".join(reasons))
+        for path, reasons in by_path.items()
+        if not (
+            path
+            and path[-1] in _UNION_FIELDS
+            and any(len(p) > len(path) and p[: len(path)] == path for p in by_path)
+        )
+    ]
 
 
 def _reason(err: Any) -> str:

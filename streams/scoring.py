@@ -9,7 +9,9 @@ What is kept does not depend on the order events arrive in:
 - a repeat (same time, kind and fingerprint) is dropped;
 - of the actions of one kind in one cap window (``per_days`` days from 2000-01-01), only the
   ``cap`` earliest are kept, so a late, earlier action displaces a later one;
-- actions more than ``forget_after_days`` older than the newest action seen are dropped;
+- actions more than ``forget_after_days`` older than the newest action seen are dropped; an
+  action of a capped kind only once its whole cap window is, so that which actions a window
+  keeps never depends on whether its earliest ones arrived before or after the newest action;
 - of a channel's consent actions (opted in, opted out), only the newest is kept, and it is
   never forgotten.
 
@@ -19,13 +21,15 @@ newest action; ``fsum`` is exactly rounded, so the sum does not depend on the or
 
 from __future__ import annotations
 
+import bisect
 import math
 import struct
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from streams.playbook import CONSENT_KINDS, KINDS, Conditions, Count, Playbook
+from schemas.actions import CONSENT_KINDS, KINDS
+from streams.playbook import Conditions, Count, Playbook
 
 EPOCH = 946_684_800
 """2000-01-01 00:00 UTC in Unix seconds: packed times count from here (the API refuses
@@ -77,7 +81,7 @@ class Contribution:
         return self.weight * self.factor
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class View:
     """What conditions look at: kept action times by kind, the moment, the score, the rung."""
 
@@ -87,6 +91,8 @@ class View:
     rung: int = 0
     area: str | None = None
     consent: frozenset[str] = frozenset()
+    terms: list[tuple[int, int, float, float]] = field(default_factory=list)
+    counted: dict[tuple[tuple[int, ...], int | None], int] = field(default_factory=dict)
 
 
 class Check:
@@ -119,30 +125,31 @@ class Scorer:
         self.rung_checks: list[list[Check]] = []
         for rung in playbook.model.ladder:
             self.rung_checks.append(self.compile(rung.when, ladder=True))
+        self.rung_holds = [all_of(checks) for checks in self.rung_checks]
         # The lowest rung whose conditions look back over a window: rungs below it cannot fall.
         self.first_windowed_rung = next(
             (i for i, r in enumerate(playbook.model.ladder) if _has_window(r.when)),
             len(self.rung_names),
         )
 
-    # -- keeping actions ---------------------------------------------------------------
+    # -- keeping actions (on the unpacked, sorted list of a supporter's values) ---------
 
-    def add(self, packed: bytes, value: int, latest: int) -> tuple[bytes, str]:
-        """Add one packed action; return the new packed actions and what became of it:
-        'counted', 'duplicate', 'over cap', 'forgotten' or 'superseded'."""
-        values = list(unpack_all(packed))
+    def add(self, values: list[int], value: int, latest: int) -> str:
+        """Add one packed action to ``values`` (in place, kept sorted) and say what became of
+        it: 'counted', 'duplicate', 'over cap', 'forgotten' or 'superseded'."""
         if value in values:
-            return packed, "duplicate"
+            return "duplicate"
         kind = kind_of(value)
         t = time_of(value)
         channel = self.consent_channel.get(kind)
         if channel is not None:
             same = [v for v in values if self.consent_channel.get(kind_of(v)) == channel]
             if any(v > value for v in same):
-                return packed, "superseded"
-            values = [v for v in values if v not in same]
-        elif t < latest - self.forget_s:
-            return packed, "forgotten"
+                return "superseded"
+            for v in same:
+                values.remove(v)
+        elif self._forgotten(kind, t, latest - self.forget_s):
+            return "forgotten"
         else:
             cap = self.caps[kind]
             if cap is not None:
@@ -152,54 +159,73 @@ class Scorer:
                 if len(same) >= limit:
                     last = max(same)
                     if value > last:
-                        return packed, "over cap"
+                        return "over cap"
                     values.remove(last)
-        values.append(value)
-        values.sort()
-        return pack_all(values), "counted"
+        bisect.insort(values, value)
+        return "counted"
 
-    def forget(self, packed: bytes, latest: int) -> bytes:
+    def forget(self, values: list[int], latest: int) -> list[int]:
         """Drop actions too old to count any more (consent actions stay)."""
         horizon = latest - self.forget_s
-        values = unpack_all(packed)
         if not values or time_of(values[0]) >= horizon:
-            return packed
-        kept = [v for v in values if time_of(v) >= horizon or kind_of(v) in self.consent_channel]
-        return pack_all(kept)
+            return values
+        consent = self.consent_channel
+        return [
+            v
+            for v in values
+            if time_of(v) >= horizon
+            or kind_of(v) in consent
+            or not self._forgotten(kind_of(v), time_of(v), horizon)
+        ]
+
+    def _forgotten(self, kind: int, t: int, horizon: int) -> bool:
+        """Older than ``horizon``; an action of a capped kind, once its whole cap window is."""
+        cap = self.caps[kind]
+        if cap is None:
+            return t < horizon
+        window = cap[1]
+        return (t // window + 1) * window <= horizon
 
     # -- score and rung ----------------------------------------------------------------
 
-    def contributions(self, packed: bytes, as_of: int) -> Iterator[Contribution]:
-        """Each kept action's weight and decay factor at ``as_of`` (actions after it count in
-        full). ``score`` is the exact sum of these; ``engage explain`` lists them."""
-        half_life = self.half_life_s
-        for value in unpack_all(packed):
-            kind = kind_of(value)
-            t = time_of(value)
-            factor = 2.0 ** (-max(as_of - t, 0) / half_life)
-            yield Contribution(KINDS[kind], to_datetime(t), self.weights[kind], factor)
-
-    def score(self, packed: bytes, as_of: int) -> float:
-        return math.fsum(c.weight * c.factor for c in self.contributions(packed, as_of))
-
     def view(
-        self, packed: bytes, as_of: int, score: float, rung: int = 0, area: str | None = None
+        self, values: Sequence[int], as_of: int, rung: int = 0, area: str | None = None
     ) -> View:
+        """Everything conditions look at, from one pass over the kept actions, including the
+        score: ``fsum`` of each action's weight x 2^-(age / half-life) at ``as_of`` (actions
+        after ``as_of`` count in full). ``terms`` keeps each action's part for explanations,
+        so the score and its explanation come from the same arithmetic."""
         times: dict[int, list[int]] = {}
         consent: dict[str, bool] = {}
-        for value in unpack_all(packed):
-            kind = kind_of(value)
-            times.setdefault(kind, []).append(time_of(value))
-            channel = self.consent_channel.get(kind)
-            if channel is not None:
-                consent[channel] = kind in self.opted_in
+        terms: list[tuple[int, int, float, float]] = []
+        channels = self.consent_channel
+        weights = self.weights
+        half_life = self.half_life_s
+        for value in values:
+            kind = (value >> 24) & 0xFF
+            t = value >> 32
+            terms.append((kind, t, weights[kind], 2.0 ** (-max(as_of - t, 0) / half_life)))
+            if kind in times:
+                times[kind].append(t)
+            else:
+                times[kind] = [t]
+            if kind in channels:
+                consent[channels[kind]] = kind in self.opted_in
         granted = frozenset(c for c, yes in consent.items() if yes)
-        return View(times, as_of, score, rung, area, granted)
+        score = math.fsum([w * f for _, _, w, f in terms])
+        return View(times, as_of, score, rung, area, granted, terms)
+
+    def score(self, values: Sequence[int], as_of: int) -> float:
+        return self.view(values, as_of).score
+
+    def contributions(self, view: View) -> list[Contribution]:
+        """Each kept action's part of ``view.score``."""
+        return [Contribution(KINDS[kind], to_datetime(t), w, f) for kind, t, w, f in view.terms]
 
     def rung(self, view: View) -> int:
         """The highest rung whose conditions hold (the first rung always does)."""
-        for index in range(len(self.rung_checks) - 1, 0, -1):
-            if all(check.holds(view) for check in self.rung_checks[index]):
+        for index in range(len(self.rung_holds) - 1, 0, -1):
+            if self.rung_holds[index](view):
                 return index
         return 0
 
@@ -235,12 +261,10 @@ class Scorer:
             )
         if when.rung_at_least is not None:
             floor = names.index(when.rung_at_least)
-            below = self.rung_checks[floor] if ladder else None
+            below = all_of(self.rung_checks[floor]) if ladder else None
             checks.append(
                 Check(
-                    (lambda v: all(c.holds(v) for c in below))
-                    if below is not None
-                    else (lambda v: v.rung >= floor),
+                    below if below is not None else (lambda v: v.rung >= floor),
                     lambda v: f"at least {names[floor]}",
                 )
             )
@@ -272,9 +296,10 @@ class Scorer:
         checks.extend(self._count(count) for count in when.count)
         if when.any:
             alternatives = [self.compile(sub, ladder) for sub in when.any]
+            options = [all_of(alt) for alt in alternatives]
             checks.append(
                 Check(
-                    lambda v: any(all(c.holds(v) for c in alt) for alt in alternatives),
+                    lambda v: any(holds(v) for holds in options),
                     lambda v: "any of: " + "; or ".join(_why(alt, v) for alt in alternatives),
                 )
             )
@@ -286,11 +311,24 @@ class Scorer:
         low, high = count.at_least, count.at_most
         label = " or ".join(count.kinds)
 
+        memo = (codes, window)
+
         def number(v: View) -> int:
-            if window is None:
-                return sum(len(v.times.get(code, ())) for code in codes)
-            since = v.as_of - window
-            return sum(1 for code in codes for t in v.times.get(code, ()) if t >= since)
+            # Each kind's times are in ascending order (values are kept sorted). The ladder
+            # and the rules ask the same counts again, so each view remembers them.
+            known = v.counted.get(memo)
+            if known is not None:
+                return known
+            n = 0
+            for code in codes:
+                times = v.times.get(code)
+                if times:
+                    n += (
+                        len(times)
+                        if window is None
+                        else len(times) - bisect.bisect_left(times, v.as_of - window)
+                    )
+            return n
 
         def holds(v: View) -> bool:
             n = number(v)
@@ -302,6 +340,19 @@ class Scorer:
             return f"{label}: {number(v)}{span} (wanted {wanted})"
 
         return Check(holds, describe)
+
+
+def all_of(checks: list[Check]) -> Callable[[View], bool]:
+    """One function that is true when every check holds, cheaper than looping over them."""
+    if not checks:
+        return lambda v: True
+    if len(checks) == 1:
+        return checks[0].holds
+    if len(checks) == 2:
+        first, second = checks[0].holds, checks[1].holds
+        return lambda v: first(v) and second(v)
+    holds = [c.holds for c in checks]
+    return lambda v: all(h(v) for h in holds)
 
 
 def _why(checks: list[Check], view: View, only_failing: bool = False) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import structlog
@@ -28,50 +29,124 @@ from streams.engagement import Engine, SupporterState
 log = structlog.get_logger(__name__)
 
 
+TOPIC_RANK: dict[str, int] = {topic: rank for rank, topic in enumerate(INPUT_TOPICS)}
+NOT_PARSED = -1
+
+
+def fold_order(arrived_ms: int, event_ms: int, topic: str, offset: int) -> tuple[int, ...]:
+    """The order a supporter's events are folded in, live and in every replay: by arrival
+    (the record's timestamp, which the relay sets to the ledger's acceptance time), then by
+    event time (a batch posted together), then topic and offset. Scores do not depend on it;
+    which rules fire does (consent from the signup, "first meeting", cooldowns)."""
+    return (arrived_ms, event_ms, TOPIC_RANK[topic], offset)
+
+
 @dataclass
 class EngagementProcessor:
     """Per-partition state and the fold over a batch; no Kafka here, so it is easy to test.
 
-    After an assignment, partition number p of every input topic is replayed (folded without
-    emitting) up to its committed offset. Live records of partition p are held back until
-    the replay of *every* topic's partition p is complete, so a live event never meets
-    half-restored state. ``done`` says how far each topic-partition has been processed,
-    which is what may be committed.
+    Records of partition number p of every input topic go into one buffer and are folded in
+    ``fold_order``. A record is released only when no co-partitioned topic that still has
+    records to fetch could bring one that sorts before it (``caught_up`` names the
+    topic-partitions fetched to their end; without it everything given is released).
+
+    After an assignment each partition is read from the start: records below the group's
+    committed offset are folded without emitting (the state is rebuilt), the rest live.
+    ``done`` says how far each topic-partition has been processed: what may be committed.
     """
 
     engine: Engine
     states: dict[int, dict[str, SupporterState]] = field(default_factory=dict)
     restore_until: dict[tuple[str, int], int] = field(default_factory=dict)
-    held: dict[int, list[tuple[str, Any]]] = field(default_factory=dict)
+    assigned: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
+    buffers: dict[int, list[tuple[tuple[int, ...], str, Any, Any]]] = field(default_factory=dict)
+    seen: dict[tuple[str, int], int] = field(default_factory=dict)
+    fetched: dict[tuple[str, int], int] = field(default_factory=dict)
     done: dict[tuple[str, int], int] = field(default_factory=dict)
+    folded: int = 0
 
     def reset(
         self, assigned: Iterable[tuple[str, int]], committed: dict[tuple[str, int], int]
     ) -> None:
-        self.states, self.held, self.done = {}, {}, {}
-        self.restore_until = {tp: committed[tp] for tp in assigned if committed.get(tp)}
+        self.states, self.buffers, self.seen, self.fetched, self.done = {}, {}, {}, {}, {}
+        self.assigned = {}
+        for topic, partition in assigned:
+            self.assigned.setdefault(partition, []).append((topic, partition))
+        self.restore_until = {tp: committed[tp] for tp in committed if committed.get(tp)}
 
     def restoring(self, partition: int) -> bool:
-        return any(p == partition for _, p in self.restore_until)
+        return any(
+            p == partition and self.done.get((t, p), 0) < limit
+            for (t, p), limit in self.restore_until.items()
+        )
 
-    def process(self, topic: str, partition: int, messages: Iterable[Any]) -> list[Record]:
-        outputs: list[Record] = []
-        limit = self.restore_until.get((topic, partition), 0)
+    def process(
+        self,
+        topic: str,
+        partition: int,
+        messages: Iterable[Any],
+        caught_up: Container[tuple[str, int]] | None = None,
+    ) -> list[Record]:
+        self.add(topic, partition, messages)
+        return self.release(partition, caught_up)
+
+    def add(self, topic: str, partition: int, messages: Iterable[Any]) -> None:
+        buffer = self.buffers.setdefault(partition, [])
+        model = INPUT_EVENT_TYPES[topic]
+        last = None
         for message in messages:
-            if message.offset < limit:
-                self._fold(topic, partition, message, emit=False)
-                self.done[(topic, partition)] = message.offset + 1
-                if message.offset + 1 >= limit:
-                    del self.restore_until[(topic, partition)]
-                    limit = 0
-            elif self.restoring(partition):
-                self.held.setdefault(partition, []).append((topic, message))
-            else:
-                outputs.extend(self._live(topic, partition, message))
-        if not self.restoring(partition):
-            for held_topic, message in self.held.pop(partition, []):
-                outputs.extend(self._live(held_topic, partition, message))
+            parsed: Any
+            try:
+                parsed = model.model_validate_json(message.value)
+                event_ms = int(parsed.event_time.timestamp() * 1000)
+            except Exception as exc:  # dead-lettered when released, in its place
+                parsed, event_ms = exc, NOT_PARSED
+            key = fold_order(max(message.timestamp, 0), event_ms, topic, message.offset)
+            buffer.append((key, topic, message, parsed))
+            last = message
+        if last is not None:
+            self.seen[(topic, partition)] = max(last.timestamp, 0)
+            self.fetched[(topic, partition)] = last.offset + 1
+
+    def release(
+        self, partition: int, caught_up: Container[tuple[str, int]] | None = None
+    ) -> list[Record]:
+        """Fold the buffered records of ``partition`` that nothing still unfetched can
+        precede; return what they cause."""
+        buffer = self.buffers.get(partition)
+        if not buffer:
+            return []
+        buffer.sort(key=itemgetter(0))
+        ready = len(buffer)
+        if caught_up is not None:
+            waiting = [
+                self.seen.get(tp, -1)
+                for tp in self.assigned.get(partition, ())
+                if tp not in caught_up
+            ]
+            if waiting:
+                frontier = min(waiting)
+                ready = next((i for i, item in enumerate(buffer) if item[0][0] >= frontier), ready)
+        released, self.buffers[partition] = buffer[:ready], buffer[ready:]
+        self.folded += len(released)
+        outputs: list[Record] = []
+        for _, topic, message, parsed in released:
+            live = message.offset >= self.restore_until.get((topic, partition), 0)
+            outputs.extend(self._fold(topic, partition, message, parsed, live))
+        pending: dict[tuple[str, int], int] = {}
+        for _, topic, message, _ in self.buffers[partition]:
+            tp = (topic, partition)
+            pending[tp] = min(pending.get(tp, message.offset), message.offset)
+        for tp in {(t, partition) for _, t, _, _ in released} | set(pending):
+            self.done[tp] = pending.get(tp, self.fetched.get(tp, 0))
         return outputs
+
+    def release_all(self, caught_up: Container[tuple[str, int]] | None) -> list[tuple[int, Record]]:
+        return [
+            (partition, record)
+            for partition in list(self.buffers)
+            for record in self.release(partition, caught_up)
+        ]
 
     def tick(self, now: float) -> list[tuple[int, Record]]:
         """What time alone causes (lapse rules, falling rungs), for the partitions restored."""
@@ -85,19 +160,19 @@ class EngagementProcessor:
             )
         return outputs
 
-    def _live(self, topic: str, partition: int, message: Any) -> list[Record]:
-        self.done[(topic, partition)] = message.offset + 1
-        return self._fold(topic, partition, message, emit=True)
-
-    def _fold(self, topic: str, partition: int, message: Any, emit: bool) -> list[Record]:
+    def _fold(
+        self, topic: str, partition: int, message: Any, parsed: Any, emit: bool
+    ) -> list[Record]:
         states = self.states.setdefault(partition, {})
         try:
-            event: Event = INPUT_EVENT_TYPES[topic].model_validate_json(message.value)
+            if isinstance(parsed, Exception):
+                raise parsed
+            event: Event = parsed
             sid = event.key()
             state = states.get(sid)
             if state is None:
                 state = states[sid] = SupporterState()
-            arrived = message.timestamp / 1000 if message.timestamp else None
+            arrived = message.timestamp / 1000 if message.timestamp > 0 else None
             caused = self.engine.apply(state, event, arrived, emit)
         except Exception as exc:  # a bad event must not stop the partition
             if not emit:
@@ -182,7 +257,7 @@ class StreamWorker:
         try:
             while not stop.is_set():
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=5000)
-                if batches:
+                if batches or any(self.processor.buffers.values()):
                     await self._handle(batches)
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_seconds
@@ -195,19 +270,25 @@ class StreamWorker:
     async def _handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
         """Process a batch while the previous one's outputs are still being acknowledged;
         then send this batch's outputs and commit its offsets once they are acked."""
-        outputs: list[tuple[int, Record]] = []
         for tp, messages in batches.items():
-            outputs.extend(
-                (tp.partition, record)
-                for record in self.processor.process(tp.topic, tp.partition, messages)
-            )
+            self.processor.add(tp.topic, tp.partition, messages)
+        outputs = self.processor.release_all(await self._caught_up())
         offsets = {TopicPartition(t, p): o for (t, p), o in self.processor.done.items()}
         await self.settle()
         futures = await self._publish(outputs)
         self._settling = asyncio.create_task(self._commit_when_acked(futures, offsets))
         events = sum(len(m) for m in batches.values())
-        self.processed += events
+        self.processed = self.processor.folded
         log.info("stream.batch", events=events, outputs=len(outputs), partitions=len(batches))
+
+    async def _caught_up(self) -> set[tuple[str, int]]:
+        """The assigned topic-partitions whose every record has been handed to us."""
+        done: set[tuple[str, int]] = set()
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None and await self.consumer.position(tp) >= high:
+                done.add((tp.topic, tp.partition))
+        return done
 
     async def _tick(self) -> None:
         outputs = self.processor.tick(self.clock())

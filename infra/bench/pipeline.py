@@ -22,6 +22,8 @@ from infra.settings import Settings
 from producers.simulator import generate_events
 from schemas.events import INGEST_TO_TOPIC, Event, IngestEvent
 from schemas.identity import supporter_id
+from streams.engagement import Engine
+from streams.playbook import DEFAULT_PLAYBOOK, load_playbook
 from streams.worker import StreamWorker
 
 _INGEST: TypeAdapter[Any] = TypeAdapter(IngestEvent)
@@ -74,18 +76,31 @@ async def _drain(worker: StreamWorker, count: int, timeout_s: float) -> dict[str
     return {"seconds": finished - first, "join_s": first - started}
 
 
-def pipeline_throughput(bootstrap: str, count: int, timeout_s: float = 300.0) -> dict[str, Any]:
+def pipeline_throughput(
+    bootstrap: str, count: int, timeout_s: float = 300.0, fill: bool = True
+) -> dict[str, Any]:
     """Events/s of the stream stage (parse, score, rules, publish outputs, commit) over
-    ``count`` input events already on the catalogue's input topics; group join excluded."""
+    ``count`` input events on the catalogue's input topics, group join excluded: with the
+    minimal playbook (the spine's rules, the baseline) and with the default playbook, each
+    in its own consumer group over the same events."""
     events = topic_events(count)
-    asyncio.run(_fill(bootstrap, events))
-    worker = StreamWorker(bootstrap, 90.0, group_id=f"bench-pipeline-{uuid.uuid4().hex[:8]}")
-    timing = asyncio.run(_drain(worker, len(events), timeout_s))
-    return {
-        "pipeline": round(len(events) / timing["seconds"]),
-        "pipeline_events": len(events),
-        "pipeline_join_s": round(timing["join_s"], 1),
-    }
+    if fill:
+        asyncio.run(_fill(bootstrap, events))
+    figures: dict[str, Any] = {"pipeline_events": len(events)}
+    for label, playbook in (
+        ("pipeline_minimal_playbook", DEFAULT_PLAYBOOK.with_name("minimal.yaml")),
+        ("pipeline", DEFAULT_PLAYBOOK),
+    ):
+        engine = Engine(load_playbook(playbook))
+        group = f"bench-{label}-{uuid.uuid4().hex[:8]}"
+        worker = StreamWorker(bootstrap, engine, group_id=group)
+        timing = asyncio.run(_drain(worker, len(events), timeout_s))
+        figures[label] = round(len(events) / timing["seconds"])
+        figures[f"{label}_join_s"] = round(timing["join_s"], 1)
+    figures["pipeline_vs_minimal_playbook"] = round(
+        figures["pipeline"] / figures["pipeline_minimal_playbook"], 2
+    )
+    return figures
 
 
 def post_steadily(url: str, token: str, events: list[dict[str, Any]], rate: float) -> int:
