@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from schemas.actions import kinds_of
+from schemas.catalogue import INPUT_TOPICS
 from schemas.events import (
     EngagementScored,
     Event,
@@ -80,6 +81,18 @@ class SupporterState:
         previous = self.last_fired(rule)
         kept.append(rule << 32 | max(t, previous or 0))
         self.fired = pack_all(kept)
+
+
+TOPIC_RANK: dict[str, int] = {topic: rank for rank, topic in enumerate(INPUT_TOPICS)}
+NOT_PARSED = -1
+
+
+def fold_order(arrived_ms: int, event_ms: int, topic: str, offset: int) -> tuple[int, ...]:
+    """The order a supporter's events are folded in, live and in every replay: by arrival
+    (the record's timestamp, which the relay sets to the ledger's acceptance time), then by
+    event time (a batch posted together), then topic and offset. Scores do not depend on it;
+    which rules fire does (consent from the signup, "first meeting", cooldowns)."""
+    return (arrived_ms, event_ms, TOPIC_RANK[topic], offset)
 
 
 class FutureEvent(ValueError):
@@ -488,7 +501,7 @@ class Engine:
         # What the stream's timer has done by now (lapse rules, rungs fallen as time passed).
         self.tick({sid: state}, now, emit=False)
         view = self.scorer.view(
-            unpack_all(state.actions), state.latest, max(state.rung, 0), state.area
+            unpack_all(state.actions), state.latest, max(state.rung, 0), state.area, True
         )
         score = view.score
         names = self.playbook.rung_names

@@ -24,10 +24,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from infra.db import LedgerEvent, epoch_millis
 from schemas.catalogue import INPUT_TOPICS
 from schemas.events import INPUT_EVENT_TYPES, Event, NudgeRequested, TaskCreated
-from streams.engagement import MERGED, Engine, RuleDecision, SupporterState
+from streams.engagement import (
+    MERGED,
+    NOT_PARSED,
+    Engine,
+    RuleDecision,
+    SupporterState,
+    fold_order,
+)
 from streams.playbook import SendAction
 from streams.scoring import to_datetime, unpack_all
-from streams.worker import NOT_PARSED, fold_order
 
 LogRecord = tuple[str, bytes | str, float | None]
 """(topic, value as stored, arrival time in Unix seconds if known)."""

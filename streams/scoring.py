@@ -37,6 +37,7 @@ anything earlier)."""
 DAY_S = 86_400
 KIND_CODE: dict[str, int] = {kind: code for code, kind in enumerate(KINDS)}
 _FP_MASK = 0xFFFFFF
+_NONE: frozenset[str] = frozenset()
 
 
 def pack(t: int, kind: int, fingerprint: int) -> int:
@@ -189,37 +190,46 @@ class Scorer:
     # -- score and rung ----------------------------------------------------------------
 
     def view(
-        self, values: Sequence[int], as_of: int, rung: int = 0, area: str | None = None
+        self,
+        values: Sequence[int],
+        as_of: int,
+        rung: int = 0,
+        area: str | None = None,
+        keep_terms: bool = False,
     ) -> View:
         """Everything conditions look at, from one pass over the kept actions, including the
         score: ``fsum`` of each action's weight x 2^-(age / half-life) at ``as_of`` (actions
-        after ``as_of`` count in full). ``terms`` keeps each action's part for explanations,
-        so the score and its explanation come from the same arithmetic."""
+        after ``as_of`` count in full). With ``keep_terms``, ``terms`` keeps each action's
+        part for explanations: the score and its explanation come from the same arithmetic."""
         times: dict[int, list[int]] = {}
         consent: dict[str, bool] = {}
         terms: list[tuple[int, int, float, float]] = []
+        points: list[float] = []
         channels = self.consent_channel
         weights = self.weights
         half_life = self.half_life_s
         for value in values:
             kind = (value >> 24) & 0xFF
             t = value >> 32
-            terms.append((kind, t, weights[kind], 2.0 ** (-max(as_of - t, 0) / half_life)))
+            weight = weights[kind]
+            factor = 2.0 ** (-max(as_of - t, 0) / half_life)
+            points.append(weight * factor)
+            if keep_terms:
+                terms.append((kind, t, weight, factor))
             if kind in times:
                 times[kind].append(t)
             else:
                 times[kind] = [t]
             if kind in channels:
                 consent[channels[kind]] = kind in self.opted_in
-        granted = frozenset(c for c, yes in consent.items() if yes)
-        score = math.fsum([w * f for _, _, w, f in terms])
-        return View(times, as_of, score, rung, area, granted, terms)
+        granted = frozenset(c for c, yes in consent.items() if yes) if consent else _NONE
+        return View(times, as_of, math.fsum(points), rung, area, granted, terms)
 
     def score(self, values: Sequence[int], as_of: int) -> float:
         return self.view(values, as_of).score
 
     def contributions(self, view: View) -> list[Contribution]:
-        """Each kept action's part of ``view.score``."""
+        """Each kept action's part of ``view.score`` (a view made with ``keep_terms``)."""
         return [Contribution(KINDS[kind], to_datetime(t), w, f) for kind, t, w, f in view.terms]
 
     def rung(self, view: View) -> int:

@@ -24,21 +24,9 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from infra.kafka import CONSUMER_DEFAULTS, Record, dead_letter
 from schemas.catalogue import INPUT_TOPICS, TOPICS
 from schemas.events import INPUT_EVENT_TYPES, Event
-from streams.engagement import Engine, SupporterState
+from streams.engagement import NOT_PARSED, Engine, SupporterState, fold_order
 
 log = structlog.get_logger(__name__)
-
-
-TOPIC_RANK: dict[str, int] = {topic: rank for rank, topic in enumerate(INPUT_TOPICS)}
-NOT_PARSED = -1
-
-
-def fold_order(arrived_ms: int, event_ms: int, topic: str, offset: int) -> tuple[int, ...]:
-    """The order a supporter's events are folded in, live and in every replay: by arrival
-    (the record's timestamp, which the relay sets to the ledger's acceptance time), then by
-    event time (a batch posted together), then topic and offset. Scores do not depend on it;
-    which rules fire does (consent from the signup, "first meeting", cooldowns)."""
-    return (arrived_ms, event_ms, TOPIC_RANK[topic], offset)
 
 
 @dataclass
@@ -183,7 +171,8 @@ class EngagementProcessor:
                     "stream", topic, partition, message.offset, message.key, message.value, error
                 )
             ]
-        return [(out.topic, out.key().encode(), out.model_dump_json().encode()) for out in caused]
+        key = sid.encode()  # every output is keyed by the supporter, as its cause is
+        return [(out.topic, key, out.model_dump_json().encode()) for out in caused]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
