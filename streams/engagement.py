@@ -13,6 +13,7 @@ import bisect
 import hashlib
 import sys
 import uuid
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -309,10 +310,12 @@ class Engine:
         view: View,
         cause: uuid.UUID | None,
         episode: int | None = None,
+        actions: bytes = b"",
     ) -> LadderChanged:
         """A rung change: caused by an event (its id derived from the event's), or by time
-        passing (its id from the supporter, the move and the quiet spell, so every worker
-        and every restart that sees the same fall gives it the same id)."""
+        passing (its id from the supporter, the move, the quiet spell and the actions kept,
+        so every worker and every restart that sees the same fall gives it the same id, and
+        a different fall a different one)."""
         names = self.playbook.rung_names
         reason = self.rung_reasons[view.rung]
         event_id = (
@@ -320,7 +323,8 @@ class Engine:
             if cause is not None
             else uuid.uuid5(
                 _LAPSE_NAMESPACE,
-                f"ladder:{sid}:{names[previous]}>{names[view.rung]}:quiet-since-{episode}",
+                f"ladder:{sid}:{names[previous]}>{names[view.rung]}:quiet-since-{episode}:"
+                f"{zlib.crc32(actions)}",
             )
         )
         return built(
@@ -474,7 +478,7 @@ class Engine:
                 view.rung = current
                 if emit:
                     outputs.append(
-                        self._ladder_changed(sid, previous, view, None, episode=state.latest)
+                        self._ladder_changed(sid, previous, view, None, state.latest, state.actions)
                     )
                 for index in self._rung_rules(previous, current):
                     _, output = self._decide(index, state, view, sid, t, None, emit=emit,

@@ -89,11 +89,11 @@ class EngagementProcessor:
                 event_ms = int(parsed.event_time.timestamp() * 1000)
             except Exception as exc:  # dead-lettered when released, in its place
                 parsed, event_ms = exc, NOT_PARSED
-            key = fold_order(max(message.timestamp, 0), event_ms, topic, message.offset)
+            key = fold_order(max(message.timestamp or 0, 0), event_ms, topic, message.offset)
             buffer.append((key, topic, message, parsed))
             last = message
         if last is not None:
-            self.seen[(topic, partition)] = max(last.timestamp, 0)
+            self.seen[(topic, partition)] = max(last.timestamp or 0, 0)
             self.fetched[(topic, partition)] = last.offset + 1
 
     def release(
@@ -160,7 +160,7 @@ class EngagementProcessor:
             state = states.get(sid)
             if state is None:
                 state = states[sid] = SupporterState()
-            arrived = message.timestamp / 1000 if message.timestamp > 0 else None
+            arrived = message.timestamp / 1000 if (message.timestamp or 0) > 0 else None
             caused = self.engine.apply(state, event, arrived, emit)
         except Exception as exc:  # a bad event must not stop the partition
             if not emit:

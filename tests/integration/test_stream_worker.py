@@ -1,7 +1,11 @@
-"""The stream worker against the embedded broker: outputs, dead letters, restart by replay.
+"""The stream worker against the embedded broker: outputs, dead letters, restart by replay,
+and what its clock says time has caused.
 
 The catalogue's topic names are fixed, so tests share the session's topics: each uses fresh
 supporter ids and a fresh consumer group, and looks only at its own supporters' records.
+Consent arrives on another topic than the actions that need it: the worker folds a
+supporter's records in arrival order across topics (streams.engagement.fold_order), whatever
+order it fetches the topics in, so a meeting produced right after the signup is thanked.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,10 +26,20 @@ from infra.broker import EmbeddedBroker
 from infra.kafka import CONSUMER_DEFAULTS, ledger_producer
 from infra.topics import admin_client
 from schemas.events import Event, EventAttended, PetitionSigned, SupporterSignup
+from streams.engagement import Engine
+from streams.playbook import load_playbook
+from streams.scoring import DAY_S
 from streams.worker import StreamWorker
 
-OUTPUT_TOPICS = ("engagement.scored", "nudge.requested", "task.created", "deadletter")
+OUTPUT_TOPICS = (
+    "engagement.scored",
+    "ladder.changed",
+    "nudge.requested",
+    "task.created",
+    "deadletter",
+)
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+"""Two days ago: events an hour or so around it arrive within their rules' 72 hours."""
 DEADLINE_S = 60.0
 
 
@@ -34,8 +48,14 @@ def new_sid() -> str:
 
 
 def signup(sid: str, hours: float = 0, **fields: Any) -> SupporterSignup:
+    """A signup consenting to email and SMS."""
     return SupporterSignup(
-        event_time=T0 + timedelta(hours=hours), supporter_id=sid, email="x@example.org", **fields
+        event_time=T0 + timedelta(hours=hours),
+        supporter_id=sid,
+        email="x@example.org",
+        consent_email=True,
+        consent_sms=True,
+        **fields,
     )
 
 
@@ -132,11 +152,28 @@ class Outputs:
         self.consumer.close()
 
 
+def window(cooldown_days: int, event: Event) -> int:
+    """The cooldown window of a rule firing for ``event``: part of its idempotency key."""
+    return (int(event.event_time.timestamp()) - 946_684_800) // (cooldown_days * DAY_S)
+
+
 class RunningWorker:
     """A StreamWorker run as an asyncio task on an event loop in a thread; stop() ends it."""
 
-    def __init__(self, bootstrap: str, group_id: str) -> None:
-        self.worker = StreamWorker(bootstrap, 90.0, group_id=group_id)
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        clock: Callable[[], float] = time.time,
+        tick_seconds: float = 60.0,
+    ) -> None:
+        self.worker = StreamWorker(
+            bootstrap,
+            Engine(load_playbook()),
+            group_id=group_id,
+            clock=clock,
+            tick_seconds=tick_seconds,
+        )
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._thread, daemon=True)
@@ -196,15 +233,15 @@ def producer(broker: EmbeddedBroker) -> Iterator[Producer]:
 @pytest.fixture
 def workers(
     broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[str], RunningWorker]]:
+) -> Iterator[Callable[..., RunningWorker]]:
     # Tansu answers a first JoinGroup after half the session timeout, and a worker that was the
     # first member of a new group (generation 0) does not send LeaveGroup when it stops, so its
     # successor waits out the session too. The broker's minimum session timeout keeps that short.
     monkeypatch.setitem(CONSUMER_DEFAULTS, "session_timeout_ms", 6_000)
     started: list[RunningWorker] = []
 
-    def start(group_id: str) -> RunningWorker:
-        running = RunningWorker(broker.bootstrap, group_id)
+    def start(group_id: str, **options: Any) -> RunningWorker:
+        running = RunningWorker(broker.bootstrap, group_id, **options)
         started.append(running)
         return running
 
@@ -226,19 +263,33 @@ def key_of(value: dict[str, Any]) -> str:
     return value.get("nudge_id") or value.get("task_id") or value["event_id"]
 
 
+def scored_causes(outputs: Outputs) -> set[str]:
+    return {v["cause_event_id"] for v in outputs.of("engagement.scored")}
+
+
+def produce_and_wait_scored(producer: Producer, outputs: Outputs, events: Sequence[Event]) -> None:
+    for event in events:
+        producer.event(event)
+    outputs.wait_for(
+        "their scores", lambda r: {str(e.event_id) for e in events} <= scored_causes(outputs)
+    )
+
+
 def test_the_worker_scores_nudges_tasks_and_dead_letters(
     broker: EmbeddedBroker,
     producer: Producer,
-    workers: Callable[[str], RunningWorker],
+    workers: Callable[..., RunningWorker],
     group_id: str,
 ) -> None:
     joiner, member, signer, neighbour = (new_sid() for _ in range(4))
     outputs = Outputs(broker.bootstrap, keyed({joiner, member, signer, neighbour}))
     try:
+        workers(group_id)
         join = signup(joiner, area="Hackney")
+        joins = [join, *(signup(sid) for sid in (member, signer, neighbour))]
+        produce_and_wait_scored(producer, outputs, joins)  # consent before what needs it
         meeting = attended(member)
         signature = petition(signer)
-        producer.event(join)
         producer.event(meeting)
         producer.event(signature)
         # A malformed value, then a valid event beside it on the same partition (same key).
@@ -248,12 +299,12 @@ def test_the_worker_scores_nudges_tasks_and_dead_letters(
         assert (beside_meta.partition, beside_meta.offset) == (bad.partition, bad.offset + 1)
         wrong = producer.send("petition.signed", neighbour.encode(), b'{"event_time": "x"}')
 
-        workers(group_id)
         outputs.wait_for(
             "every output",
             lambda r: (
-                len(outputs.of("engagement.scored")) >= 4
-                and len(outputs.of("nudge.requested")) >= 4
+                len(outputs.of("engagement.scored")) >= 7
+                and len(outputs.of("ladder.changed")) >= 3
+                and len(outputs.of("nudge.requested")) >= 7
                 and len(outputs.of("task.created")) >= 2
                 and len(outputs.of("deadletter")) >= 2
             ),
@@ -262,15 +313,24 @@ def test_the_worker_scores_nudges_tasks_and_dead_letters(
         outputs.close()
 
     scored = {v["cause_event_id"]: v for v in outputs.of("engagement.scored")}
-    assert set(scored) == {str(e.event_id) for e in (join, meeting, signature, beside)}
+    assert set(scored) == {str(e.event_id) for e in (*joins, meeting, signature, beside)}
     assert scored[str(meeting.event_id)]["rung"] == "attendee"
     assert scored[str(signature.event_id)]["rung"] == "signer"
     assert scored[str(join.event_id)]["score"] == 1.0
+    ladder = {
+        (v["supporter_id"], v["previous_rung"], v["rung"], v["direction"])
+        for v in outputs.of("ladder.changed")
+    }
+    assert ladder == {
+        (member, "supporter", "attendee", "up"),
+        (signer, "supporter", "signer", "up"),
+        (neighbour, "supporter", "attendee", "up"),
+    }
     nudges = {(v["nudge_id"], v["channel"], v["template"]) for v in outputs.of("nudge.requested")}
     assert nudges == {
-        (f"welcome:{joiner}", "email", "welcome"),
+        *((f"welcome:{sid}", "email", "welcome") for sid in (joiner, member, signer, neighbour)),
         (f"first-meeting-thanks:{member}", "email", "thanks_first_meeting"),
-        (f"invite-signer:{signer}", "sms", "invite_next_meeting"),
+        (f"invite-signer:{signer}:{window(30, signature)}", "sms", "invite_next_meeting"),
         (f"first-meeting-thanks:{neighbour}", "email", "thanks_first_meeting"),
     }
     welcome = next(v for v in outputs.of("nudge.requested") if v["supporter_id"] == joiner)
@@ -282,6 +342,7 @@ def test_the_worker_scores_nudges_tasks_and_dead_letters(
     }
     due = datetime.fromisoformat(tasks[f"first-meeting-follow-up:{member}"]["due_at"])
     assert due == meeting.event_time + timedelta(hours=48)
+    assert tasks[f"first-meeting-follow-up:{member}"]["priority"] == "high"
     letters = {
         (v["source_topic"], v["partition"], v["offset"]): v for v in outputs.of("deadletter")
     }
@@ -297,42 +358,114 @@ def test_the_worker_scores_nudges_tasks_and_dead_letters(
     assert "supporter_id" in invalid["error"] and "petition_id" in invalid["error"]
 
 
+def test_records_on_different_topics_fold_in_the_order_they_reached_the_log(
+    broker: EmbeddedBroker,
+    producer: Producer,
+    workers: Callable[..., RunningWorker],
+    group_id: str,
+) -> None:
+    """Without waiting in between: a signup then a meeting gets the first-meeting thanks (the
+    signup's consent is folded first); a meeting then a signup does not, however the worker
+    happens to fetch the two topics."""
+    thanked = [new_sid() for _ in range(4)]
+    unthanked = [new_sid() for _ in range(4)]
+    outputs = Outputs(broker.bootstrap, keyed({*thanked, *unthanked}))
+    try:
+        workers(group_id)
+        events: list[Event] = []
+        for sid in thanked:
+            events += [signup(sid, -1), attended(sid)]
+        for sid in unthanked:
+            events += [attended(sid), signup(sid, -1)]  # the meeting reached the log first
+        for event in events:
+            producer.event(event)
+        outputs.wait_for(
+            "every score", lambda r: {str(e.event_id) for e in events} <= scored_causes(outputs)
+        )
+        wait_committed(broker.bootstrap, group_id, producer.last)
+        outputs.drain()
+    finally:
+        outputs.close()
+
+    nudges = {v["nudge_id"] for v in outputs.of("nudge.requested")}
+    assert nudges == {
+        *(f"welcome:{sid}" for sid in [*thanked, *unthanked]),
+        *(f"first-meeting-thanks:{sid}" for sid in thanked),
+    }
+    assert {v["task_id"] for v in outputs.of("task.created")} == {
+        f"first-meeting-follow-up:{sid}" for sid in [*thanked, *unthanked]
+    }
+    first_scores: dict[str, dict[str, Any]] = {}
+    for v in outputs.of("engagement.scored"):
+        first_scores.setdefault(v["supporter_id"], v)
+    assert {sid: first_scores[sid]["rung"] for sid in unthanked} == dict.fromkeys(
+        unthanked, "attendee"
+    )  # the meeting was folded first
+
+
+def test_an_event_from_the_future_is_dead_lettered(
+    broker: EmbeddedBroker,
+    producer: Producer,
+    workers: Callable[..., RunningWorker],
+    group_id: str,
+) -> None:
+    sid = new_sid()
+    outputs = Outputs(broker.bootstrap, keyed({sid}))
+    try:
+        future = attended(sid, 24 * 4)  # T0 is two days ago: two days ahead of its arrival
+        meta = producer.event(future)
+        workers(group_id)
+        outputs.wait_for("the dead letter", lambda r: len(outputs.of("deadletter")) >= 1)
+    finally:
+        outputs.close()
+
+    (letter,) = outputs.of("deadletter")
+    assert (letter["source_topic"], letter["partition"], letter["offset"]) == (
+        "event.attended",
+        meta.partition,
+        meta.offset,
+    )
+    assert letter["error"].startswith("FutureEvent: event_time is ")
+    assert letter["error"].endswith(" h after the event arrived (tolerance 24 h)")
+    assert outputs.of("engagement.scored") == []
+
+
 def test_a_restarted_worker_restores_state_by_replay_and_repeats_nothing(
     broker: EmbeddedBroker,
     producer: Producer,
-    workers: Callable[[str], RunningWorker],
+    workers: Callable[..., RunningWorker],
     group_id: str,
 ) -> None:
     regular, member, newcomer = new_sid(), new_sid(), new_sid()
     outputs = Outputs(broker.bootstrap, keyed({regular, member, newcomer}))
     try:
-        before = [signup(regular, -10), attended(regular), attended(member)]
-        for event in before:
-            producer.event(event)
         first = workers(group_id)
+        joins = [signup(regular, -10), signup(newcomer, -10)]  # member never signed up
+        produce_and_wait_scored(producer, outputs, joins)
+        meetings = [attended(regular), attended(member)]
+        for meeting in meetings:
+            producer.event(meeting)
         outputs.wait_for("the first run's outputs", lambda r: len(outputs.of("task.created")) == 2)
         wait_committed(broker.bootstrap, group_id, producer.last)
         first.stop()
         emitted_before = {key_of(v) for _, v in outputs.records}
 
         # Produced while no worker runs: the new worker meets them beside its replay.
-        after = [
+        signature = petition(newcomer, 30)
+        after: list[Event] = [
             petition(regular, 24),  # attended before the restart: no SMS invite
             attended(regular, 48),  # a second meeting: no first-meeting thanks or task
             signup(regular, 50),  # a second signup: no second welcome
-            petition(member, 30),
-            petition(newcomer, 30),  # never attended: the invite proves the worker is live
+            petition(member, 30),  # attended, and no consent anyway
+            signature,  # never attended: the invite proves the worker is live
         ]
         for event in after:
             producer.event(event)
-        producer.event(before[1])  # a redelivery of a committed event: causes nothing
+        producer.event(meetings[0])  # a redelivery of a committed event: causes nothing
         workers(group_id)
         outputs.wait_for(
             "the second run's scores",
-            lambda r: (
-                {str(e.event_id) for e in after}
-                <= {v["cause_event_id"] for v in outputs.of("engagement.scored")}
-            ),
+            lambda r: {str(e.event_id) for e in after} <= scored_causes(outputs),
         )
         wait_committed(broker.bootstrap, group_id, producer.last)
         outputs.drain()
@@ -342,13 +475,13 @@ def test_a_restarted_worker_restores_state_by_replay_and_repeats_nothing(
     keys = [key_of(v) for _, v in outputs.records]
     assert len(keys) == len(set(keys)), "an output was emitted twice"
     assert emitted_before <= set(keys)
-    scored_causes = [v["cause_event_id"] for v in outputs.of("engagement.scored")]
-    assert sorted(scored_causes) == sorted(str(e.event_id) for e in [*before, *after])
+    causes = [v["cause_event_id"] for v in outputs.of("engagement.scored")]
+    assert sorted(causes) == sorted(str(e.event_id) for e in [*joins, *meetings, *after])
     assert {v["nudge_id"] for v in outputs.of("nudge.requested")} == {
         f"welcome:{regular}",
+        f"welcome:{newcomer}",
         f"first-meeting-thanks:{regular}",
-        f"first-meeting-thanks:{member}",
-        f"invite-signer:{newcomer}",
+        f"invite-signer:{newcomer}:{window(30, signature)}",
     }
     assert {v["task_id"] for v in outputs.of("task.created")} == {
         f"first-meeting-follow-up:{regular}",
@@ -361,8 +494,74 @@ def test_a_restarted_worker_restores_state_by_replay_and_repeats_nothing(
     assert outputs.of("deadletter") == []
 
 
+def test_the_worker_clock_fires_lapse_rules_once_and_lowers_rungs(
+    broker: EmbeddedBroker,
+    producer: Producer,
+    workers: Callable[..., RunningWorker],
+    group_id: str,
+) -> None:
+    sid = new_sid()
+    outputs = Outputs(broker.bootstrap, keyed({sid}))
+    ahead = [0.0]  # how far the worker's clock is ahead of real time, in seconds
+    ticks = [0]
+
+    def clock() -> float:
+        ticks[0] += 1
+        return time.time() + ahead[0]
+
+    try:
+        workers(group_id, clock=clock, tick_seconds=0.1)
+        produce_and_wait_scored(producer, outputs, [signup(sid, 0)])
+        meetings = [attended(sid, hours) for hours in (1, 25, 49)]  # three days: a regular
+        produce_and_wait_scored(producer, outputs, meetings)
+        third = str(meetings[-1].event_id)
+        assert [
+            v["rung"] for v in outputs.of("engagement.scored") if v["cause_event_id"] == third
+        ] == ["regular"]
+
+        ahead[0] = 100 * DAY_S  # quiet for 100 days: a lapse, and the meetings out of window
+        outputs.wait_for(
+            "the lapse outputs",
+            lambda r: (
+                len(outputs.of("nudge.requested")) >= 2
+                and len(outputs.of("task.created")) >= 2
+                and len(outputs.of("ladder.changed")) >= 2
+            ),
+        )
+        seen = ticks[0]
+        deadline = time.monotonic() + DEADLINE_S
+        while ticks[0] < seen + 10:  # ten more ticks: nothing more may come of them
+            assert time.monotonic() < deadline, "the worker stopped ticking"
+            outputs.poll()
+        outputs.drain()
+    finally:
+        outputs.close()
+
+    spell = int(meetings[-1].event_time.timestamp()) - 946_684_800
+    assert {v["nudge_id"] for v in outputs.of("nudge.requested")} == {
+        f"welcome:{sid}",
+        f"first-meeting-thanks:{sid}",
+        f"re-engage-lapsing-regular:{sid}:quiet-since-{spell}",
+    }
+    assert {v["task_id"] for v in outputs.of("task.created")} == {
+        f"first-meeting-follow-up:{sid}",
+        f"one-to-one-new-regular:{sid}:{window(180, meetings[-1])}",
+        f"check-in-lapsing-regular:{sid}:quiet-since-{spell}",
+    }
+    assert len(outputs.of("nudge.requested")) == 3
+    assert len(outputs.of("task.created")) == 3
+    moves = [(v["previous_rung"], v["rung"], v["direction"]) for v in outputs.of("ladder.changed")]
+    assert moves == [
+        ("supporter", "attendee", "up"),
+        ("attendee", "regular", "up"),
+        ("regular", "attendee", "down"),
+    ]
+    down = outputs.of("ladder.changed")[-1]
+    assert down["cause_event_id"] is None
+
+
 def test_workers_in_one_group_each_own_whole_partition_numbers(
-    workers: Callable[[str], RunningWorker],
+    workers: Callable[..., RunningWorker],
 ) -> None:
     """A supporter's state is the fold over all input topics, so partition p of every input
     topic must belong to the same worker. Three workers over two partitions a topic: aiokafka's
