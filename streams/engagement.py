@@ -78,9 +78,13 @@ class SupporterState:
         return None
 
     def record_fired(self, rule: int, t: int) -> None:
-        kept = [v for v in unpack_all(self.fired) if v >> 32 != rule]
-        previous = self.last_fired(rule)
-        kept.append(rule << 32 | max(t, previous or 0))
+        kept = []
+        for value in unpack_all(self.fired):
+            if value >> 32 == rule:
+                t = max(t, value & 0xFFFFFFFF)
+            else:
+                kept.append(value)
+        kept.append(rule << 32 | t)
         self.fired = pack_all(kept)
 
 

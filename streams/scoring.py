@@ -93,7 +93,7 @@ class View:
     area: str | None = None
     consent: frozenset[str] = frozenset()
     terms: list[tuple[int, int, float, float]] = field(default_factory=list)
-    counted: dict[tuple[tuple[int, ...], int | None], int] = field(default_factory=dict)
+    counted: dict[int, int] = field(default_factory=dict)
 
 
 class Check:
@@ -123,6 +123,7 @@ class Scorer:
         }
         self.opted_in = {KIND_CODE[kinds[0]]: channel for channel, kinds in CONSENT_KINDS.items()}
         self.rung_names = playbook.rung_names
+        self._memo_keys: dict[tuple[tuple[int, ...], int | None], int] = {}
         self.rung_checks: list[list[Check]] = []
         for rung in playbook.model.ladder:
             self.rung_checks.append(self.compile(rung.when, ladder=True))
@@ -140,11 +141,12 @@ class Scorer:
         it: 'counted', 'duplicate', 'over cap', 'forgotten' or 'superseded'."""
         if value in values:
             return "duplicate"
-        kind = kind_of(value)
-        t = time_of(value)
-        channel = self.consent_channel.get(kind)
+        kind = (value >> 24) & 0xFF
+        t = value >> 32
+        channels = self.consent_channel
+        channel = channels.get(kind)
         if channel is not None:
-            same = [v for v in values if self.consent_channel.get(kind_of(v)) == channel]
+            same = [v for v in values if channels.get((v >> 24) & 0xFF) == channel]
             if any(v > value for v in same):
                 return "superseded"
             for v in same:
@@ -156,7 +158,9 @@ class Scorer:
             if cap is not None:
                 limit, window = cap
                 slot = t // window
-                same = [v for v in values if kind_of(v) == kind and time_of(v) // window == slot]
+                same = [
+                    v for v in values if (v >> 24) & 0xFF == kind and (v >> 32) // window == slot
+                ]
                 if len(same) >= limit:
                     last = max(same)
                     if value > last:
@@ -206,13 +210,15 @@ class Scorer:
         terms: list[tuple[int, int, float, float]] = []
         points: list[float] = []
         channels = self.consent_channel
+        opted_in = self.opted_in
         weights = self.weights
         half_life = self.half_life_s
         for value in values:
             kind = (value >> 24) & 0xFF
             t = value >> 32
+            age = as_of - t
+            factor = 2.0 ** (-age / half_life) if age > 0 else 1.0
             weight = weights[kind]
-            factor = 2.0 ** (-max(as_of - t, 0) / half_life)
             points.append(weight * factor)
             if keep_terms:
                 terms.append((kind, t, weight, factor))
@@ -221,7 +227,7 @@ class Scorer:
             else:
                 times[kind] = [t]
             if kind in channels:
-                consent[channels[kind]] = kind in self.opted_in
+                consent[channels[kind]] = kind in opted_in
         granted = frozenset(c for c, yes in consent.items() if yes) if consent else _NONE
         return View(times, as_of, math.fsum(points), rung, area, granted, terms)
 
@@ -321,14 +327,15 @@ class Scorer:
         low, high = count.at_least, count.at_most
         label = " or ".join(count.kinds)
 
-        memo = (codes, window)
+        memo = len(self._memo_keys)  # counts with the same kinds and window share an index
+        memo = self._memo_keys.setdefault((codes, window), memo)
 
         def number(v: View) -> int:
             # Each kind's times are in ascending order (values are kept sorted). The ladder
             # and the rules ask the same counts again, so each view remembers them.
-            known = v.counted.get(memo)
-            if known is not None:
-                return known
+            counted = v.counted
+            if memo in counted:
+                return counted[memo]
             n = 0
             for code in codes:
                 times = v.times.get(code)
@@ -338,6 +345,7 @@ class Scorer:
                         if window is None
                         else len(times) - bisect.bisect_left(times, v.as_of - window)
                     )
+            counted[memo] = n
             return n
 
         def holds(v: View) -> bool:

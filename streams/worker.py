@@ -11,6 +11,7 @@ so consumers act once.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ from schemas.events import INPUT_EVENT_TYPES, Event
 from streams.engagement import NOT_PARSED, Engine, SupporterState, fold_order
 
 log = structlog.get_logger(__name__)
+
+
+def _arrival(item: tuple[tuple[int, ...], str, Any, Any]) -> int:
+    return item[0][0]
 
 
 @dataclass
@@ -113,8 +118,7 @@ class EngagementProcessor:
                 if tp not in caught_up
             ]
             if waiting:
-                frontier = min(waiting)
-                ready = next((i for i, item in enumerate(buffer) if item[0][0] >= frontier), ready)
+                ready = bisect.bisect_left(buffer, min(waiting), key=_arrival)
         released, self.buffers[partition] = buffer[:ready], buffer[ready:]
         self.folded += len(released)
         outputs: list[Record] = []
@@ -217,7 +221,8 @@ class StreamWorker:
         self.processor = EngagementProcessor(engine)
         self.clock = clock
         self.tick_seconds = tick_seconds
-        self.processed = 0
+        self.processed = 0  # records folded
+        self.fetched = 0  # records handed over by the consumer (some may wait in the buffer)
         self.co_partitioned = False
         self._settling: asyncio.Task[None] | None = None
 
@@ -267,6 +272,7 @@ class StreamWorker:
         futures = await self._publish(outputs)
         self._settling = asyncio.create_task(self._commit_when_acked(futures, offsets))
         events = sum(len(m) for m in batches.values())
+        self.fetched += events
         self.processed = self.processor.folded
         log.info("stream.batch", events=events, outputs=len(outputs), partitions=len(batches))
 
