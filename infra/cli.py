@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import threading
@@ -335,16 +336,17 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
-    from streams.replay import ledger_records, replay, topic_records
+    from streams.replay import Source, replay_sharded
 
     engine = _engine(settings)
     sessions = _sessions(settings)
     source = args.source
-    if source == "topics":
-        records: Any = topic_records(_bootstrap(settings))
-    else:
-        records = ledger_records(sessions)
-    result = replay(engine, records, time.time())
+    where = (
+        Source(bootstrap=_bootstrap(settings))
+        if source == "topics"
+        else Source(database_url=settings.sqlalchemy_url)
+    )
+    result = replay_sharded(where, engine.playbook, time.time(), args.processes)
     report = {
         "source": source,
         "events": result.events,
@@ -513,6 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="fold the whole log again; compare scores, nudges and tasks with stored"
     )
     replay.add_argument("--source", choices=["ledger", "topics"], default="ledger")
+    replay.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="fold in this many processes, split by supporter (default: one per core)",
+    )
     replay.add_argument("--repair", action="store_true", help="rewrite stored scores that differ")
     replay.set_defaults(run=cmd_replay)
     playbook = sub.add_parser("playbook", help="check a playbook file")

@@ -11,6 +11,7 @@ consumers stored, and none should be new.
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.db import LedgerEvent, epoch_millis
@@ -32,7 +33,7 @@ from streams.engagement import (
     SupporterState,
     fold_order,
 )
-from streams.playbook import SendAction
+from streams.playbook import Playbook, SendAction
 from streams.scoring import to_datetime, unpack_all
 
 LogRecord = tuple[str, bytes | str, float | None]
@@ -105,49 +106,117 @@ def replay(engine: Engine, records: Iterable[LogRecord], now: float) -> ReplayRe
 
 def in_fold_order(records: Iterable[LogRecord]) -> Iterator[LogRecord]:
     """Re-order each run of records with the same arrival millisecond by ``fold_order``."""
-    group: list[tuple[tuple[int, ...], LogRecord]] = []
+    group: list[tuple[int, LogRecord]] = []
     group_ms: int | None = None
     for n, record in enumerate(records):
-        topic, value, arrived = record
+        arrived = record[2]
         ms = int(arrived * 1000) if arrived is not None else 0
         if ms != group_ms:
-            group.sort(key=itemgetter(0))
-            yield from (r for _, r in group)
+            yield from _sorted(group, group_ms or 0)
             group, group_ms = [], ms
+        group.append((n, record))
+    yield from _sorted(group, group_ms or 0)
+
+
+def _sorted(group: list[tuple[int, LogRecord]], ms: int) -> list[LogRecord]:
+    if len(group) == 1:
+        return [group[0][1]]
+    keyed = []
+    for n, record in group:
+        topic, value, _ = record
         match = _EVENT_TIME.search(
             value if isinstance(value, str) else value.decode(errors="replace")
         )
         event_ms = (
             int(datetime.fromisoformat(match.group(1)).timestamp() * 1000) if match else NOT_PARSED
         )
-        group.append((fold_order(ms, event_ms, topic, n), record))
-    group.sort(key=itemgetter(0))
-    yield from (r for _, r in group)
+        keyed.append((fold_order(ms, event_ms, topic, n), record))
+    keyed.sort(key=itemgetter(0))
+    return [record for _, record in keyed]
 
 
 _EVENT_TIME = re.compile(r'"event_time":"([^"]+)"')
 
 
-def ledger_records(sessions: sessionmaker[Session]) -> Iterator[LogRecord]:
-    """The ledger's input events in order of acceptance, streamed."""
+def ledger_records(
+    sessions: sessionmaker[Session], shard: int = 0, shards: int = 1
+) -> Iterator[LogRecord]:
+    """The ledger's input events in order of acceptance, streamed; with ``shards``, only
+    those of the supporters in ``shard`` (by the last hex digit of the supporter id)."""
     with sessions() as session:
+        query = select(LedgerEvent.topic, LedgerEvent.payload, LedgerEvent.accepted_at).where(
+            LedgerEvent.topic.in_(INPUT_TOPICS)
+        )
+        if shards > 1:
+            # Supporter ids end in a hex digit of a keyed hash: an even split, in SQL.
+            last = func.substr(LedgerEvent.key, func.length(LedgerEvent.key))
+            query = query.where(last.in_([d for d in _HEX if int(d, 16) % shards == shard]))
         rows = session.execute(
-            select(LedgerEvent.topic, LedgerEvent.payload, LedgerEvent.accepted_at)
-            .where(LedgerEvent.topic.in_(INPUT_TOPICS))
-            .order_by(LedgerEvent.accepted_at, LedgerEvent.seq)
-            .execution_options(yield_per=10_000)
+            query.order_by(LedgerEvent.accepted_at, LedgerEvent.seq).execution_options(
+                yield_per=10_000
+            )
         )
         for topic, payload, accepted_at in rows:
             yield topic, payload, epoch_millis(accepted_at) / 1000
 
 
-def topic_records(bootstrap: str) -> list[LogRecord]:
+_HEX = "0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a sharded replay reads: the ledger at a database URL, or the topics."""
+
+    database_url: str | None = None
+    bootstrap: str | None = None
+
+    def records(self, shard: int, shards: int) -> Iterable[LogRecord]:
+        if self.bootstrap is not None:
+            return topic_records(self.bootstrap, shard, shards)
+        from infra.db import make_engine, session_factory
+
+        assert self.database_url is not None
+        return ledger_records(session_factory(make_engine(self.database_url)), shard, shards)
+
+
+def replay_sharded(source: Source, playbook: Playbook, now: float, shards: int) -> ReplayResult:
+    """``replay`` split by supporter over ``shards`` processes (a supporter's events all go
+    to one), merged; what every process keeps is the same as one process keeps."""
+    started = time.perf_counter()
+    if shards <= 1:
+        return replay(Engine(playbook), source.records(0, 1), now)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(shards) as pool:
+        parts = pool.starmap(
+            _replay_shard, [(source, playbook, now, shard, shards) for shard in range(shards)]
+        )
+    merged = ReplayResult()
+    for part in parts:
+        merged.events += part.events
+        merged.refused += part.refused
+        merged.scores.update(part.scores)
+        merged.nudge_ids |= part.nudge_ids
+        merged.task_ids |= part.task_ids
+    merged.seconds = time.perf_counter() - started
+    return merged
+
+
+def _replay_shard(
+    source: Source, playbook: Playbook, now: float, shard: int, shards: int
+) -> ReplayResult:
+    result = replay(Engine(playbook), source.records(shard, shards), now)
+    result.states = {}  # the parent needs the scores and keys, not the states
+    return result
+
+
+def topic_records(bootstrap: str, shard: int = 0, shards: int = 1) -> list[LogRecord]:
     """Every input topic's records up to the end offsets, in order of arrival (their
-    timestamps): read partition by partition, then sorted, so held in memory."""
-    return sorted(_topic_records(bootstrap), key=lambda r: r[2] or 0.0)
+    timestamps): read partition by partition, then sorted, so held in memory. With
+    ``shards``, only the partition numbers in ``shard`` (a supporter's events share one)."""
+    return sorted(_topic_records(bootstrap, shard, shards), key=lambda r: r[2] or 0.0)
 
 
-def _topic_records(bootstrap: str) -> Iterator[LogRecord]:
+def _topic_records(bootstrap: str, shard: int, shards: int) -> Iterator[LogRecord]:
     from kafka import KafkaConsumer
 
     from infra.status import topic_counts
@@ -157,7 +226,7 @@ def _topic_records(bootstrap: str) -> Iterator[LogRecord]:
         for topic, partitions in topic_counts(bootstrap).items()
         if topic in INPUT_TOPICS
         for tp, end in partitions.items()
-        if end > 0
+        if end > 0 and tp.partition % shards == shard
     }
     if not ends:
         return
