@@ -29,6 +29,17 @@ KAFKA_ROLES = ("relay", "stream", "consume")
 ROLES = ("api", *KAFKA_ROLES)
 
 
+def child_names(stream_workers: int) -> tuple[str, ...]:
+    """The children of `engage up`: one per role, and ``stream-2``... for extra stream
+    workers (the same consumer group, so they share the partitions)."""
+    extra = tuple(f"stream-{n}" for n in range(2, stream_workers + 1))
+    return (*ROLES, *extra)
+
+
+def role_of(name: str) -> str:
+    return name.split("-", 1)[0]
+
+
 def stop_on_signals(stop: threading.Event) -> None:
     """SIGTERM and SIGINT set ``stop``."""
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,8 +100,8 @@ class Supervisor:
             self.bootstrap = self.broker.bootstrap
             self._republish()
         ensure_topics(self.bootstrap, self.settings.topic_partitions)
-        for role in ROLES:
-            self._spawn(role)
+        for name in child_names(self.settings.stream_workers):
+            self._spawn(name)
         self._wait_for_api()
         self._write_run_file()
 
@@ -122,7 +133,7 @@ class Supervisor:
     def _spawn(self, role: str, restarts: int = 0) -> None:
         log_file = open(self.logs / f"{role}.log", "ab")  # noqa: SIM115 - the child owns it
         process = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", role],
+            [sys.executable, "-m", "infra.cli", role_of(role)],
             env=self._env(),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -159,12 +170,13 @@ class Supervisor:
             log.warning("broker.died", code=self.broker.process and self.broker.process.poll())
             # Stop the Kafka clients first: none of them may mark a ledger row published, or
             # commit an offset of the lost log, after the ledger is reset below.
-            self._terminate_all([self.children[role].process for role in KAFKA_ROLES], 5.0)
+            kafka = [name for name in self.children if role_of(name) in KAFKA_ROLES]
+            self._terminate_all([self.children[name].process for name in kafka], 5.0)
             self.broker = EmbeddedBroker(self.broker.port, self.logs / "broker.log").start()
             ensure_topics(self.bootstrap, self.settings.topic_partitions)
             self._republish()
-            for role in KAFKA_ROLES:
-                self._spawn(role, self.children[role].restarts + 1)
+            for name in kafka:
+                self._spawn(name, self.children[name].restarts + 1)
             restarted = True
         for role, child in list(self.children.items()):
             code = child.process.poll()

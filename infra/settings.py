@@ -35,6 +35,9 @@ class Settings(BaseSettings):
         default=None,
         description="Playbook YAML (scoring, ladder, rules); default: the shipped one.",
     )
+    stream_workers: int = Field(
+        default=1, ge=1, le=64, description="Stream worker processes `engage up` runs (one group)."
+    )
     lapse_check_seconds: float = Field(
         default=60.0, gt=0, description="How often the stream looks for lapses and falling rungs."
     )

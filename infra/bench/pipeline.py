@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import statistics
 import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import httpx
@@ -105,6 +107,66 @@ def pipeline_throughput(
     return figures
 
 
+def pipeline_processes_throughput(
+    bootstrap: str, count: int, processes: int, timeout_s: float = 300.0
+) -> dict[str, Any]:
+    """Events/s of the stream stage run as ``processes`` worker processes in one consumer
+    group (ENGAGE_STREAM_WORKERS), default playbook, over the ``count`` input events
+    already on the topics; from the first record any of them fetched to the last folded."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    stop = context.Event()
+    group = f"bench-processes-{uuid.uuid4().hex[:8]}"
+    children = [
+        context.Process(target=_stream_process, args=(bootstrap, group, queue, stop, n))
+        for n in range(processes)
+    ]
+    for child in children:
+        child.start()
+    folded: dict[int, int] = {}
+    first: float | None = None
+    last = time.time()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while sum(folded.values()) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{processes} workers folded {sum(folded.values())}/{count}")
+            try:
+                n, fetched, processed, at = queue.get(timeout=1.0)
+            except Empty:
+                continue
+            folded[n] = processed
+            if first is None and fetched:
+                first = at
+            last = at
+    finally:
+        stop.set()
+        for child in children:
+            child.join(timeout=30)
+    assert first is not None
+    return {f"pipeline_{processes}_processes": round(count / (last - first))}
+
+
+def _stream_process(bootstrap: str, group: str, queue: Any, stop: Any, n: int) -> None:
+    async def main() -> None:
+        worker = StreamWorker(bootstrap, Engine(load_playbook()), group_id=group)
+        halt = asyncio.Event()
+        task = asyncio.create_task(worker.run(halt))
+        reported = (0, 0)
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+            if task.done():
+                task.result()
+            now = (worker.fetched, worker.processed)
+            if now != reported:
+                reported = now
+                queue.put((n, *now, time.time()))
+        halt.set()
+        await task
+
+    asyncio.run(main())
+
+
 def post_steadily(url: str, token: str, events: list[dict[str, Any]], rate: float) -> int:
     """Post ``events`` at ``rate`` events/s in batches of 25; return how many were accepted."""
     batch, accepted = 25, 0
@@ -131,8 +193,9 @@ def latency(seconds: float, rate: float = 500.0, timeout_s: float = 120.0) -> di
         supervisor.start()
         try:
             wanted = int(seconds * rate)
-            start = datetime.now(UTC) - timedelta(days=28)
-            events = generate_events(max(wanted // 3, 1), seed=9, start=start)[:wanted]
+            # Two recent days of traffic: the playbook answers events that arrive in time.
+            start = datetime.now(UTC) - timedelta(days=2, hours=1)
+            events = generate_events(max(wanted // 3, 1), seed=9, start=start, days=2)[:wanted]
             token = settings.secret("api_token")
             wait_until_consuming(supervisor, token)
             accepted = post_steadily(supervisor.api_url, token, events, rate)
@@ -155,6 +218,7 @@ def wait_until_consuming(supervisor: Supervisor, token: str, timeout_s: float = 
         "type": "supporter.signup",
         "event_time": datetime.now(UTC).isoformat(),
         "email": f"warm-up-{uuid.uuid4().hex[:8]}@example.org",
+        "consent_email": True,
     }
     httpx.post(
         f"{supervisor.api_url}/v1/events/batch",

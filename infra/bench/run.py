@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.bench.__main__ import measure_throughput
-from infra.bench.pipeline import latency, pipeline_throughput
+from infra.bench.pipeline import latency, pipeline_processes_throughput, pipeline_throughput
 from infra.broker import EmbeddedBroker
 from infra.topics import ensure_topics
 
@@ -14,12 +14,17 @@ from infra.topics import ensure_topics
 def run_bench(
     events: int, latency_seconds: float, home: Path, partitions: int = 4
 ) -> dict[str, Any]:
-    """Throughput of the broker, naive faust agents and the spine's stream stage over the
-    same number of events on one broker, then latency through a full `engage up` pipeline."""
+    """Throughput of the broker, naive faust agents and the stream stage (minimal playbook,
+    default playbook, default playbook in two worker processes) over the same number of
+    events on one broker, then latency through a full `engage up` pipeline."""
     with EmbeddedBroker(log_path=None) as broker:
         figures = measure_throughput(broker.bootstrap, events, partitions, timeout_s=600)
         ensure_topics(broker.bootstrap, partitions)
         figures.update(pipeline_throughput(broker.bootstrap, events))
+        # The same events again, the stage scaled out to one worker process per core.
+        figures.update(
+            pipeline_processes_throughput(broker.bootstrap, figures["pipeline_events"], 2)
+        )
     figures["pipeline_vs_naive_faust"] = round(figures["pipeline"] / figures["naive_faust"], 2)
     figures["pipeline_vs_naive_faust_table"] = round(
         figures["pipeline"] / figures["naive_faust_table"], 2
