@@ -61,7 +61,7 @@ class SupporterState:
     Small ints and shared strings cost the slot only.
     """
 
-    __slots__ = ("actions", "area", "fired", "lapsed", "latest", "rung")
+    __slots__ = ("actions", "area", "fell", "fired", "lapsed", "latest", "rung")
 
     def __init__(self) -> None:
         self.actions = b""
@@ -70,6 +70,7 @@ class SupporterState:
         self.rung = 0
         self.area: str | None = None
         self.lapsed = 0  # lapse rules (shortest first) decided in the current quiet spell
+        self.fell = 0  # when time last lowered the rung (seconds since 2000), if it has
 
     def last_fired(self, rule: int) -> int | None:
         for value in unpack_all(self.fired):
@@ -248,7 +249,13 @@ class Engine:
         sid = event.key()
         view = scorer.view(values, state.latest, 0, state.area)
         score = view.score
-        previous, state.rung = state.rung, scorer.rung(view)
+        if state.fell > state.latest:
+            # Time has lowered the rung since the newest action: a late event is placed on the
+            # ladder as of then, not as of the newest action, so it cannot undo the fall.
+            then = scorer.view(values, state.fell, 0, state.area)
+            previous, state.rung = state.rung, scorer.rung(then)
+        else:
+            previous, state.rung = state.rung, scorer.rung(view)
         view.rung = state.rung
         entry = None
         if trace is not None:
@@ -479,6 +486,7 @@ class Engine:
             current = scorer.rung(view)
             if current < state.rung:
                 previous, state.rung = state.rung, current
+                state.fell = t
                 view.rung = current
                 if emit:
                     outputs.append(

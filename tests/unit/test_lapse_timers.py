@@ -401,13 +401,8 @@ def test_a_fall_noticed_by_a_restarted_worker_has_the_same_event_id() -> None:
     assert again.event_id == fall.event_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apply recomputes the rung as of the newest action, undoing a fall the clock has "
-    "seen, so a late event dated before the fall moves the rung up and the next tick down "
-    "again (reported to the lead)",
-)
 def test_a_late_event_from_before_a_fall_does_not_make_the_rung_flap() -> None:
+    """The rung is placed as of the fall the clock saw, not as of the newest action."""
     state = regular()
     tick(state, 62)
     assert [o.rung for o in tick(state, 91) if isinstance(o, LadderChanged)] == ["attendee"]
