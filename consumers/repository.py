@@ -17,6 +17,7 @@ from infra.db import (
     OutboxMessage,
     Supporter,
     SupporterScore,
+    dialect_insert,
     insert_ignoring_duplicates,
 )
 from schemas.events import EngagementScored, NudgeRequested, TaskCreated
@@ -117,7 +118,7 @@ def store_scores(session: Session, scores: Sequence[EngagementScored]) -> int:
         }
         for s in newest.values()
     ]
-    statement = _insert(session, SupporterScore)
+    statement = dialect_insert(session, SupporterScore)
     upsert = statement.on_conflict_do_update(
         index_elements=[SupporterScore.supporter_id],
         set_={
@@ -127,20 +128,6 @@ def store_scores(session: Session, scores: Sequence[EngagementScored]) -> int:
         where=statement.excluded.as_of >= SupporterScore.as_of,
     )
     return len(session.execute(upsert.returning(SupporterScore.supporter_id), rows).all())
-
-
-def _insert(session: Session, model: type[SupporterScore]) -> Any:
-    """The dialect's INSERT, which has ``on_conflict_do_update`` on SQLite and PostgreSQL."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(model)
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(model)
-    raise NotImplementedError(f"no upsert for {dialect}")
 
 
 def supporter_score(session: Session, supporter_id: str) -> dict[str, Any] | None:

@@ -235,21 +235,25 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def insert_ignoring_duplicates(session: Any, model: type[Base], rows: list[dict[str, Any]]) -> int:
-    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL; returns rows inserted."""
-    if not rows:
-        return 0
+def dialect_insert(session: Any, model: type[Base]) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_nothing/_update`` (SQLite, PostgreSQL)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        statement: Any = pg_insert(model).on_conflict_do_nothing()
-    elif dialect == "sqlite":
+        return pg_insert(model)
+    if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        statement = sqlite_insert(model).on_conflict_do_nothing()
-    else:
-        raise NotImplementedError(f"no idempotent insert for {dialect}")
+        return sqlite_insert(model)
+    raise NotImplementedError(f"no ON CONFLICT insert for {dialect}")
+
+
+def insert_ignoring_duplicates(session: Any, model: type[Base], rows: list[dict[str, Any]]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL; returns rows inserted."""
+    if not rows:
+        return 0
+    statement = dialect_insert(session, model).on_conflict_do_nothing()
     primary_key = list(inspect(model).primary_key)
     inserted = session.execute(statement.returning(*primary_key), rows).all()
     return len(inserted)

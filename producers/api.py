@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from infra.http import bearer_refusal, problem
 from producers.ledger import IdentityConflict, Ingested, ingest_events
 from schemas.events import INGEST_TO_TOPIC, Event, IngestEvent
 
@@ -124,11 +124,6 @@ def _field(prefix: str, loc: tuple[int | str, ...]) -> str:
     return f"{prefix}.{path}" if prefix and path else (prefix or path or "body")
 
 
-def _problem(status: int, field: str, reason: str) -> JSONResponse:
-    body = ProblemDetail(detail=[FieldError(field=field, reason=reason)])
-    return JSONResponse(body.model_dump(), status_code=status)
-
-
 def ingest_router(service: IngestService) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["ingest"])
     problems: dict[int | str, dict[str, Any]] = {
@@ -139,27 +134,22 @@ def ingest_router(service: IngestService) -> APIRouter:
     }
 
     async def read_json(request: Request) -> Any | JSONResponse:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            token.encode(), service.token.encode()
-        ):
-            response = _problem(401, "authorization", "a valid bearer token is required")
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
+        refused = bearer_refusal(request, service.token)
+        if refused is not None:
+            return refused
         body = await request.body()
         if len(body) > service.max_batch * 4096:
-            return _problem(413, "body", f"larger than {service.max_batch * 4096} bytes")
+            return problem(413, "body", f"larger than {service.max_batch * 4096} bytes")
         if b"\\u0000" in body:
-            return _problem(400, "body", "NUL characters (\\u0000) are not allowed in text")
+            return problem(400, "body", "NUL characters (\\u0000) are not allowed in text")
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _problem(400, "body", f"malformed JSON: {exc}")
+            return problem(400, "body", f"malformed JSON: {exc}")
         except RecursionError:
-            return _problem(400, "body", "malformed JSON: nested too deeply")
+            return problem(400, "body", "malformed JSON: nested too deeply")
         except ValueError as exc:  # e.g. an integer with more digits than Python allows
-            return _problem(400, "body", f"malformed JSON: {exc}")
+            return problem(400, "body", f"malformed JSON: {exc}")
 
     def answer(result: IngestResult) -> JSONResponse:
         log.info(
@@ -199,9 +189,9 @@ def ingest_router(service: IngestService) -> APIRouter:
             return payload
         events = payload.get("events") if isinstance(payload, dict) else None
         if not isinstance(events, list):
-            return _problem(422, "events", "a JSON object with a list 'events' is required")
+            return problem(422, "events", "a JSON object with a list 'events' is required")
         if len(events) > service.max_batch:
-            return _problem(
+            return problem(
                 413, "events", f"at most {service.max_batch} events a batch, got {len(events)}"
             )
         return answer(await run_in_threadpool(service.ingest, events, "events[{index}]"))

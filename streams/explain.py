@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from infra.db import LedgerEvent, SupporterAlias, epoch_millis
+from infra.http import problem
 from schemas.catalogue import INPUT_TOPICS
 from schemas.events import INPUT_EVENT_TYPES, Event
 from streams.engagement import Engine
@@ -116,15 +117,11 @@ def explain_router(sessions: sessionmaker[Session], engine: Engine, token: str) 
     async def explain_supporter(supporter_id: str, request: Request) -> JSONResponse:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
-            return _problem(401, "authorization", "a valid bearer token is required")
+            return problem(401, "authorization", "a valid bearer token is required")
         try:
             result = await run_in_threadpool(explain, sessions, engine, supporter_id)
         except UnknownSupporter:
-            return _problem(404, "supporter_id", "no events for this supporter")
+            return problem(404, "supporter_id", "no events for this supporter")
         return JSONResponse(result)
 
     return router
-
-
-def _problem(status: int, field: str, reason: str) -> JSONResponse:
-    return JSONResponse({"detail": [{"field": field, "reason": reason}]}, status_code=status)

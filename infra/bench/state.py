@@ -121,7 +121,7 @@ def _point(states: dict[str, SupporterState], baseline: int, events: int) -> dic
     }
 
 
-def replay_time(supporters: int, seed: int = 11) -> dict[str, Any]:
+def replay_time(supporters: int, seed: int = 11, processes: int | None = None) -> dict[str, Any]:
     """Seconds to replay the whole log from a SQLite ledger with the default playbook."""
     with tempfile.TemporaryDirectory() as tmp:
         db = make_engine(f"sqlite:///{Path(tmp) / 'ledger.db'}")
@@ -130,7 +130,7 @@ def replay_time(supporters: int, seed: int = 11) -> dict[str, Any]:
         count = _fill_ledger(sessions, synthetic_log(supporters, seed))
         db.dispose()
         # One process per core, split by supporter, as `engage replay` runs by default.
-        shards = os.cpu_count() or 1
+        shards = processes or os.cpu_count() or 1
         source = Source(database_url=f"sqlite:///{Path(tmp) / 'ledger.db'}")
         result = replay_sharded(source, load_playbook(), time.time(), shards)
     return {
@@ -182,10 +182,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--supporters", type=int, default=1_000_000, help="for the memory")
     parser.add_argument("--step", type=int, default=100_000)
     parser.add_argument("--replay-events", type=int, default=1_000_000)
+    parser.add_argument("--replay-processes", type=int, default=None, help="default: one a core")
+    parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args(argv)
-    figures = state_memory(args.supporters, args.step)
+    figures = {} if args.skip_memory else state_memory(args.supporters, args.step)
     # The synthetic log has about 3.4 events per supporter.
-    figures.update(replay_time(max(round(args.replay_events / 3.4), 1)))
+    events = max(round(args.replay_events / 3.4), 1)
+    figures.update(replay_time(events, processes=args.replay_processes))
     print(json.dumps(figures, indent=2))
 
 

@@ -8,9 +8,7 @@ fresh supporter ids and a fresh consumer group, and looks only at its own suppor
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,6 +35,7 @@ from infra.broker import EmbeddedBroker
 from infra.db import ConsentRecord, Nudge, OutboxMessage, Supporter
 from infra.kafka import CONSUMER_DEFAULTS, ledger_producer
 from schemas.events import EngagementScored, Event, NudgeRequested, TaskCreated
+from tests.integration.running import Running
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 DEADLINE_S = 60.0
@@ -240,53 +239,20 @@ def test_parse_batch_sorts_records_by_topic_and_dead_letters_the_rest() -> None:
 # --- the consumer worker on the embedded broker -------------------------------------------------
 
 
-class RunningConsumers:
-    """A ConsumerWorker run as an asyncio task on an event loop in a thread; stop() ends it."""
-
-    def __init__(self, worker: ConsumerWorker) -> None:
-        self.worker = worker
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._thread, daemon=True)
-        self.thread.start()
-        assert self.ready.wait(10)
-
-    def _thread(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self.error = exc
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.stop_event = asyncio.Event()
-        task = asyncio.create_task(self.worker.run(self.stop_event))
-        self.ready.set()
-        await task
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the consumer worker did not stop"
-        if self.error is not None:
-            raise self.error
-
-
 @pytest.fixture
 def consumers(
     broker: EmbeddedBroker,
     sessions: sessionmaker[Session],
     group_id: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Callable[[], RunningConsumers]]:
+) -> Iterator[Callable[[], Running[ConsumerWorker]]]:
     """Starts the consumer worker (outbox mode) on this test's database and consumer group."""
     monkeypatch.setitem(CONSUMER_DEFAULTS, "session_timeout_ms", 6_000)  # a short first join
-    started: list[RunningConsumers] = []
+    started: list[Running[ConsumerWorker]] = []
 
-    def start() -> RunningConsumers:
+    def start() -> Running[ConsumerWorker]:
         stage = Dispatcher(sessions, TemplateBook(), {}, "Grassroots Together", "http://x.test")
-        running = RunningConsumers(ConsumerWorker(broker.bootstrap, sessions, stage, group_id))
+        running = Running(ConsumerWorker(broker.bootstrap, sessions, stage, group_id))
         started.append(running)
         return running
 
@@ -344,7 +310,7 @@ class DeadLetters:
 def test_the_worker_keeps_the_newest_score_and_dead_letters_bad_records(
     broker: EmbeddedBroker,
     sessions: sessionmaker[Session],
-    consumers: Callable[[], RunningConsumers],
+    consumers: Callable[[], Running[ConsumerWorker]],
     send: Callable[..., Any],
 ) -> None:
     ann, bob, last = new_sid(), new_sid(), new_sid()
@@ -387,7 +353,7 @@ def test_the_worker_keeps_the_newest_score_and_dead_letters_bad_records(
 
 def test_the_worker_records_held_out_outputs_without_sending_or_queueing_them(
     sessions: sessionmaker[Session],
-    consumers: Callable[[], RunningConsumers],
+    consumers: Callable[[], Running[ConsumerWorker]],
     send: Callable[..., Any],
 ) -> None:
     sid = new_sid()

@@ -10,9 +10,7 @@ order it fetches the topics in, so a meeting produced right after the signup is 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +28,7 @@ from streams.engagement import Engine
 from streams.playbook import load_playbook
 from streams.scoring import DAY_S
 from streams.worker import StreamWorker
+from tests.integration.running import Running
 
 OUTPUT_TOPICS = (
     "engagement.scored",
@@ -160,8 +159,8 @@ def window(cooldown_days: int, event: Event) -> int:
     return (int(event.event_time.timestamp()) - 946_684_800) // (cooldown_days * DAY_S)
 
 
-class RunningWorker:
-    """A StreamWorker run as an asyncio task on an event loop in a thread; stop() ends it."""
+class RunningWorker(Running[StreamWorker]):
+    """A StreamWorker with the default playbook, run in a thread; stop() ends it."""
 
     def __init__(
         self,
@@ -170,39 +169,15 @@ class RunningWorker:
         clock: Callable[[], float] = time.time,
         tick_seconds: float = 60.0,
     ) -> None:
-        self.worker = StreamWorker(
-            bootstrap,
-            Engine(load_playbook()),
-            group_id=group_id,
-            clock=clock,
-            tick_seconds=tick_seconds,
+        super().__init__(
+            StreamWorker(
+                bootstrap,
+                Engine(load_playbook()),
+                group_id=group_id,
+                clock=clock,
+                tick_seconds=tick_seconds,
+            )
         )
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._thread, daemon=True)
-        self.thread.start()
-        assert self.ready.wait(10)
-
-    def _thread(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self.error = exc
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.stop_event = asyncio.Event()
-        task = asyncio.create_task(self.worker.run(self.stop_event))
-        self.ready.set()
-        await task
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the worker did not stop"
-        if self.error is not None:
-            raise self.error
 
 
 def wait_committed(bootstrap: str, group_id: str, produced: dict[TopicPartition, int]) -> None:
