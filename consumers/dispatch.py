@@ -1,75 +1,134 @@
-"""The dispatcher: sends pending nudges once, checking consent at the moment of sending."""
+"""The dispatcher: sends each due nudge at most once, checking consent and policy at sending time.
+
+A nudge's life: pending (or held until quiet hours end) -> sending -> sent | failed |
+ambiguous, or skipped with a reason (no consent, suppressed, capped, stale, no address). The
+idempotency key is the nudge id; 'sending' is committed, with the time, before a provider is
+called, so a crash can never lead to a blind second send:
+
+- a claim older than the lease (the sender died mid-call) becomes ambiguous;
+- an ambiguous nudge is looked up at the provider after ``reconcile_after_s``: found, it is
+  sent; not found, it is pending again; when the provider cannot tell, it stays ambiguous
+  for a person (``engage nudges``).
+
+With no provider for a channel (the embedded default) the message is written to the outbox
+in the transaction that marks it sent, so it happens exactly once. Every decision is also a
+``message.status`` event in the ledger (same transaction), for analysts and scoring.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import cast
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from consumers.messages import OutgoingMessage, Sender, SendError
+from consumers.messages import Lookup, OutgoingMessage, Sender, SendError
+from consumers.policy import ChannelPolicy, SendDecision, cap_window_start, decide, zone_of
+from consumers.ratelimit import RateLimit
 from consumers.rendering import TemplateBook
 from consumers.repository import (
     claim_nudges,
     consented,
     contacts,
-    pending_nudges,
-    set_nudge_status,
+    due_nudges,
+    expire_claims,
+    lock_supporters,
+    nudges_to_reconcile,
+    recent_sends,
+    settle_nudge,
     write_outbox,
 )
+from infra.consent import consent_record, ledger_row, suppress, suppressed
 from infra.db import Nudge, Supporter
+from schemas.events import ConsentChanged, MessageState, MessageStatus
 from schemas.identity import opt_out_token
 
 log = structlog.get_logger(__name__)
+TWILIO_OPTED_OUT = 21610
+UNLIMITED = ChannelPolicy(quiet=None, stale_after=timedelta(days=36500))
+
+
+@dataclass(frozen=True)
+class SendingPolicy:
+    """Channel policies, the zone of supporters with none, and the retry and lease timings.
+
+    The constructor's default limits nothing (tests, scripts); ``engage`` builds it from the
+    settings: 21:00-09:00 quiet hours for SMS in Europe/London, caps a day and a week.
+    """
+
+    channels: dict[str, ChannelPolicy] = field(default_factory=dict)
+    default_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Europe/London"))
+    max_attempts: int = 6
+    backoff_s: float = 30.0
+    lease_s: float = 120.0
+    reconcile_after_s: float = 900.0
+
+    def channel(self, name: str) -> ChannelPolicy:
+        return self.channels.get(name, UNLIMITED)
+
+    def retry_delay(self, attempt: int, retry_after_s: float | None) -> float:
+        """Exponential from ``backoff_s`` (attempt 1) up to an hour; never less than the
+        provider's ``Retry-After``."""
+        delay = min(3600.0, self.backoff_s * 2.0 ** max(0, attempt - 1))
+        return max(delay, retry_after_s or 0.0)
 
 
 @dataclass
 class _Plan:
-    """What to do with one pending nudge, worked out before any write lock is taken."""
+    """What to do with one due nudge, worked out before any write lock is taken."""
 
     nudge: Nudge
     message: OutgoingMessage | None
+    address: str | None = None
+    zone: ZoneInfo | None = None
     status: str = "ready"
+    reason_code: str | None = None
     reason: str | None = None
 
 
 @dataclass
 class Dispatcher:
-    """Each nudge goes pending -> sending -> sent | skipped | failed | ambiguous. A nudge of
-    a rule's hold-out group is stored as held_out and stays so: only pending ones are read
-    and claimed.
-
-    With no provider for a channel (the embedded default) the message is written to the
-    outbox in the same transaction that marks it sent, so it happens exactly once. With a
-    provider, 'sending' is committed before the call, so a crash mid-call leaves the nudge
-    in 'sending' for a person to check rather than sending it twice.
-    """
-
     sessions: sessionmaker[Session]
     templates: TemplateBook
     senders: dict[str, Sender]
     org_name: str
     public_url: str
     link_key: str = field(default="", repr=False)
-    """Signs the unsubscribe links (schemas.identity.opt_out_token)."""
+    """Signs the opt-out links and keys the suppression list (the identity key)."""
+    policy: SendingPolicy = field(default_factory=SendingPolicy)
+    limits: dict[str, RateLimit] = field(default_factory=dict)
+    """Per channel: the provider's rate limit."""
+    sms_opt_out_link: bool = False
+    """The SMS sender is one-way (alphanumeric): end texts with a short opt-out link, not
+    "Reply STOP"."""
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    # --- sending -------------------------------------------------------------------------
 
     def dispatch_pending(self, limit: int = 500) -> int:
-        """Claim and send up to ``limit`` pending nudges; return how many were claimed."""
+        """Claim and settle up to ``limit`` due nudges; return how many were claimed."""
         return len(self._dispatch(limit, None))
 
     def dispatch(self, nudge_id: str) -> str | None:
-        """Send one nudge; its final status, or None when it was not pending."""
+        """Settle one nudge if it is due; its new status, or None when it was not due."""
         statuses = self._dispatch(1, [nudge_id])
         return statuses[0] if statuses else None
 
     def _dispatch(self, limit: int, nudge_ids: list[str] | None) -> list[str]:
         """Render outside any write lock; then one short transaction claims the nudges,
-        checks consent again, and settles outbox sends and skips; provider calls follow,
-        each result in a transaction of its own."""
+        checks consent, the suppression list, quiet hours and caps, and settles everything
+        but provider sends; each provider call's result is a transaction of its own."""
+        now = self.clock()
         with self.sessions() as session:
-            nudges = pending_nudges(session, limit, nudge_ids)
+            nudges = due_nudges(session, now, limit, nudge_ids)
             people = contacts(session, [n.supporter_id for n in nudges])
             plans = [self._plan(n, people.get(n.supporter_id)) for n in nudges]
         if not plans:
@@ -77,53 +136,253 @@ class Dispatcher:
         statuses: dict[str, str] = {}
         to_send: list[tuple[_Plan, Sender]] = []
         with self.sessions.begin() as session:
-            claimed = claim_nudges(session, [p.nudge.nudge_id for p in plans])
-            granted = consented(session, [(p.nudge.supporter_id, p.nudge.channel) for p in plans])
+            lock_supporters(session, sorted({p.nudge.supporter_id for p in plans}))
+            pairs = [(p.nudge.supporter_id, p.nudge.channel) for p in plans]
+            since = min(cap_window_start(now, p.zone or self.policy.default_zone) for p in plans)
+            sent = recent_sends(session, pairs, since)
+            claimed = claim_nudges(session, [p.nudge.nudge_id for p in plans], now)
+            granted = consented(session, pairs)
+            blocked = suppressed(
+                session,
+                self.link_key,
+                [(p.nudge.channel, p.address) for p in plans if p.address],
+            )
             for plan in plans:
                 nudge = plan.nudge
                 if nudge.nudge_id not in claimed:
                     continue
-                if (nudge.supporter_id, nudge.channel) not in granted:
-                    plan.status, plan.reason = "skipped", f"no {nudge.channel} consent"
-                sender = self.senders.get(nudge.channel)
-                if plan.status == "ready" and sender is not None:
-                    to_send.append((plan, sender))
-                    continue
-                if plan.status == "ready" and plan.message is not None:
-                    message = plan.message
-                    write_outbox(
+                pair = (nudge.supporter_id, nudge.channel)
+                if plan.status == "ready":
+                    self._check(plan, pair in granted, (nudge.channel, plan.address) in blocked)
+                if plan.status == "ready":
+                    decision = decide(
+                        self.policy.channel(nudge.channel),
+                        nudge.channel,
+                        nudge.requested_at,
+                        now,
+                        plan.zone or self.policy.default_zone,
+                        sent.get(pair, []),
+                    )
+                    self._apply(plan, decision)
+                if plan.status == "ready":
+                    sent.setdefault(pair, []).append(now)
+                    sender = self.senders.get(nudge.channel)
+                    if sender is not None:
+                        to_send.append((plan, sender))
+                        continue
+                    assert plan.message is not None
+                    write_outbox(session, plan.message, now)
+                    plan.status = "sent"
+                statuses[nudge.nudge_id] = self._settle(
+                    session,
+                    nudge,
+                    plan.status,
+                    now,
+                    reason_code=plan.reason_code,
+                    reason=plan.reason,
+                    not_before=plan.nudge.not_before if plan.status == "held" else None,
+                )
+        for plan, sender in to_send:
+            statuses[plan.nudge.nudge_id] = self._send(plan, sender)
+        return [statuses[p.nudge.nudge_id] for p in plans if p.nudge.nudge_id in statuses]
+
+    def _check(self, plan: _Plan, granted: bool, blocked: bool) -> None:
+        channel = plan.nudge.channel
+        if not granted:
+            plan.status, plan.reason_code = "skipped", "no_consent"
+            plan.reason = f"no {channel} consent"
+        elif blocked:
+            plan.status, plan.reason_code = "skipped", "suppressed"
+            plan.reason = f"the {channel} address is on the suppression list"
+
+    @staticmethod
+    def _apply(plan: _Plan, decision: SendDecision) -> None:
+        if decision.action == "send":
+            return
+        plan.status = "held" if decision.action == "hold" else "skipped"
+        plan.reason_code, plan.reason = decision.reason_code, decision.reason
+        plan.nudge.not_before = decision.not_before
+
+    def _send(self, plan: _Plan, sender: Sender) -> str:
+        """Call the provider (after its rate limit) and record what it said."""
+        nudge, message = plan.nudge, plan.message
+        assert message is not None
+        limit = self.limits.get(nudge.channel)
+        if limit is not None:
+            limit.acquire()
+        try:
+            result = sender.send(message)
+        except SendError as exc:
+            return self._refused(nudge, plan.address, sender, exc)
+        with self.sessions.begin() as session:
+            return self._settle(
+                session,
+                nudge,
+                "sent",
+                self.clock(),
+                provider=result.provider,
+                provider_message_id=result.message_id,
+            )
+
+    def _refused(self, nudge: Nudge, address: str | None, sender: Sender, exc: SendError) -> str:
+        now = self.clock()
+        with self.sessions.begin() as session:
+            if exc.ambiguous:
+                return self._settle(
+                    session,
+                    nudge,
+                    "ambiguous",
+                    now,
+                    "no_answer",
+                    str(exc),
+                    provider=sender.provider,
+                )
+            attempts = nudge.attempts + 1
+            if exc.retryable and attempts < self.policy.max_attempts:
+                delay = self.policy.retry_delay(attempts, exc.retry_after_s)
+                if exc.retry_after_s is not None and nudge.channel in self.limits:
+                    self.limits[nudge.channel].pause(exc.retry_after_s)
+                retry_at = now + timedelta(seconds=delay)
+                settle_nudge(
+                    session,
+                    nudge.nudge_id,
+                    "pending",
+                    reason_code="retrying",
+                    reason=f"{exc}; attempt {attempts} of {self.policy.max_attempts}, "
+                    f"next at {retry_at:%H:%M:%S} UTC",
+                    not_before=retry_at,
+                    attempts=attempts,
+                    expect=("sending",),
+                )
+                log.info("nudge.retry", nudge_id=nudge.nudge_id, attempt=attempts, delay_s=delay)
+                return "pending"
+            code = "provider_refused"
+            if exc.code == TWILIO_OPTED_OUT and address:
+                code = "opted_out"
+                self._opted_out(session, nudge, address, now)
+            elif exc.retryable:
+                code = "gave_up"
+            return self._settle(
+                session,
+                nudge,
+                "failed",
+                now,
+                code,
+                str(exc),
+                provider=sender.provider,
+                error_code=str(exc.code or exc.status or "") or None,
+                attempts=attempts,
+            )
+
+    def _opted_out(self, session: Session, nudge: Nudge, address: str, now: datetime) -> None:
+        """Twilio 21610: the number replied STOP to us. Suppress it, withdraw the consent."""
+        source = "twilio_21610"
+        suppress(session, self.link_key, "sms", address, "Twilio 21610: replied STOP", source, now)
+        withdrawn = ConsentChanged(
+            event_time=now,
+            supporter_id=nudge.supporter_id,
+            channel="sms",
+            granted=False,
+            source=source,
+        )
+        session.add(consent_record(withdrawn, now))
+        session.add(ledger_row(withdrawn, now))
+
+    # --- recovery ------------------------------------------------------------------------
+
+    def reconcile(self, limit: int = 200) -> dict[str, int]:
+        """Claims older than the lease become ambiguous; ambiguous nudges old enough are
+        looked up at their provider: sent when it has them, pending again when it has not."""
+        now = self.clock()
+        counts = {"expired": 0, "confirmed": 0, "resend": 0, "unknown": 0}
+        with self.sessions.begin() as session:
+            for nudge in expire_claims(session, now - timedelta(seconds=self.policy.lease_s)):
+                counts["expired"] += 1
+                self._event(
+                    session,
+                    nudge,
+                    "ambiguous",
+                    now,
+                    "lease_expired",
+                    "the sender stopped during the provider call",
+                )
+        cutoff = now - timedelta(seconds=self.policy.reconcile_after_s)
+        with self.sessions() as session:
+            waiting = nudges_to_reconcile(session, cutoff, limit)
+            people = contacts(session, [n.supporter_id for n in waiting])
+        for nudge in waiting:
+            sender = self.senders.get(nudge.channel)
+            plan = self._plan(nudge, people.get(nudge.supporter_id))
+            if not isinstance(sender, Lookup) or plan.message is None:
+                counts["unknown"] += 1
+                continue
+            since = (nudge.sending_since or nudge.updated_at) - timedelta(seconds=30)
+            try:
+                found = sender.find(plan.message, since)
+            except SendError as exc:
+                log.warning("nudge.lookup_failed", nudge_id=nudge.nudge_id, error=str(exc))
+                counts["unknown"] += 1
+                continue
+            with self.sessions.begin() as session:
+                if found is not None:
+                    self._settle(
+                        session,
+                        nudge,
+                        "sent",
+                        self.clock(),
+                        "confirmed",
+                        "the provider's records show it was sent",
+                        provider=found.provider,
+                        provider_message_id=found.message_id,
+                        expect=("ambiguous",),
+                    )
+                    counts["confirmed"] += 1
+                else:
+                    settle_nudge(
                         session,
                         nudge.nudge_id,
-                        nudge.channel,
-                        message.to,
-                        message.subject,
-                        message.body,
-                        datetime.now(UTC),
+                        "pending",
+                        reason_code="not_at_provider",
+                        reason="the provider has no record of it: sending again",
+                        attempts=nudge.attempts + 1,
+                        expect=("ambiguous",),
                     )
-                    plan.status = "sent"
-                set_nudge_status(session, nudge.nudge_id, plan.status, plan.reason)
-                statuses[nudge.nudge_id] = self._done(nudge, plan.status, plan.reason)
-        for plan, sender in to_send:
-            assert plan.message is not None
-            outcome, error, provider_id = self._send(sender, plan.message)
-            with self.sessions.begin() as session:
-                set_nudge_status(session, plan.nudge.nudge_id, outcome, error, provider_id)
-            statuses[plan.nudge.nudge_id] = self._done(plan.nudge, outcome, error)
-        return [statuses[p.nudge.nudge_id] for p in plans if p.nudge.nudge_id in statuses]
+                    counts["resend"] += 1
+        if any(counts.values()):
+            log.info("nudges.reconciled", **counts)
+        return counts
+
+    # --- pieces --------------------------------------------------------------------------
 
     def opt_out_url(self, nudge_id: str) -> str:
         token = opt_out_token(self.link_key, nudge_id)
         return f"{self.public_url}/unsubscribe/{quote(nudge_id, safe=':')}?t={token}"
 
+    def opt_out_code(self, nudge_id: str) -> str:
+        """A short code for the SMS opt-out link (``/o/{code}``): 10 base32 characters."""
+        digest = hmac.new(
+            self.link_key.encode(), f"sms-opt-out:{nudge_id}".encode(), hashlib.sha256
+        )
+        return base64.b32encode(digest.digest()).decode()[:10].lower()
+
     def _plan(self, nudge: Nudge, person: Supporter | None) -> _Plan:
         address = None
         if person is not None:
             address = person.email if nudge.channel == "email" else person.phone
+        zone = zone_of(person.timezone if person else None, self.policy.default_zone)
         if person is None or not address:
-            return _Plan(nudge, None, "skipped", f"no {nudge.channel} address")
+            return _Plan(
+                nudge, None, None, zone, "skipped", "no_address", f"no {nudge.channel} address"
+            )
         context = {k: str(v) for k, v in nudge.context.items()}
         if person.first_name:
             context["first_name"] = person.first_name
+        if person.area and "area" not in context:
+            context["area"] = person.area
+        sms_opt_out = None
+        if nudge.channel == "sms" and self.sms_opt_out_link:
+            nudge.opt_out_code = self.opt_out_code(nudge.nudge_id)
+            sms_opt_out = f"Opt out: {self.public_url}/o/{nudge.opt_out_code}"
         try:
             message = self.templates.render(
                 nudge.template,
@@ -133,26 +392,92 @@ class Dispatcher:
                 to=address,
                 org_name=self.org_name,
                 opt_out_url=self.opt_out_url(nudge.nudge_id),
+                sms_opt_out=sms_opt_out,
             )
         except (KeyError, ValueError) as exc:
-            return _Plan(nudge, None, "failed", f"could not render: {exc}")
-        return _Plan(nudge, message)
+            return _Plan(
+                nudge, None, address, zone, "failed", "render_failed", f"could not render: {exc}"
+            )
+        return _Plan(nudge, message, address, zone)
 
-    def _send(self, sender: Sender, message: OutgoingMessage) -> tuple[str, str | None, str | None]:
-        try:
-            result = sender.send(message)
-        except SendError as exc:
-            return ("ambiguous" if exc.ambiguous else "failed"), str(exc), None
-        return "sent", None, result.message_id
-
-    @staticmethod
-    def _done(nudge: Nudge, status: str, reason: str | None) -> str:
+    def _settle(
+        self,
+        session: Session,
+        nudge: Nudge,
+        status: str,
+        now: datetime,
+        reason_code: str | None = None,
+        reason: str | None = None,
+        *,
+        not_before: datetime | None = None,
+        provider: str | None = None,
+        provider_message_id: str | None = None,
+        error_code: str | None = None,
+        attempts: int | None = None,
+        expect: Sequence[str] = ("sending",),
+    ) -> str:
+        """Write the nudge's new status and its message.status event, and log it once."""
+        moved = settle_nudge(
+            session,
+            nudge.nudge_id,
+            status,
+            reason_code=reason_code,
+            reason=reason,
+            not_before=not_before,
+            provider=provider,
+            provider_message_id=provider_message_id,
+            sent_at=now if status == "sent" else None,
+            attempts=attempts,
+            opt_out_code=nudge.opt_out_code,
+            expect=expect,
+        )
+        if moved:
+            self._event(
+                session,
+                nudge,
+                status,
+                now,
+                reason_code,
+                reason,
+                provider,
+                provider_message_id,
+                error_code,
+            )
         log.info(
             "nudge.dispatched",
             nudge_id=nudge.nudge_id,
             rule=nudge.rule,
             channel=nudge.channel,
             status=status,
+            reason_code=reason_code,
             reason=reason,
         )
         return status
+
+    @staticmethod
+    def _event(
+        session: Session,
+        nudge: Nudge,
+        status: str,
+        now: datetime,
+        reason_code: str | None,
+        reason: str | None,
+        provider: str | None = None,
+        provider_message_id: str | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        state = cast(MessageState, status)
+        event = MessageStatus(
+            event_time=now,
+            nudge_id=nudge.nudge_id,
+            supporter_id=nudge.supporter_id,
+            channel=nudge.channel,
+            rule=nudge.rule,
+            status=state,
+            reason_code=reason_code,
+            reason=reason[:500] if reason else None,
+            provider=provider,
+            provider_message_id=provider_message_id,
+            error_code=error_code,
+        )
+        session.add(ledger_row(event, now))

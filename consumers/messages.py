@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
 
 Channel = Literal["email", "sms"]
 CHANNELS: tuple[Channel, ...] = ("email", "sms")
@@ -91,4 +92,16 @@ class SendError(Exception):
 class Sender(Protocol):
     """Delivers one message; raises ``SendError`` when the provider does not accept it."""
 
+    provider: str
+
     def send(self, message: OutgoingMessage) -> SendResult: ...
+
+
+@runtime_checkable
+class Lookup(Protocol):
+    """A sender that can say whether the provider took a message, for ambiguous sends."""
+
+    def find(self, message: OutgoingMessage, since: datetime) -> SendResult | None:
+        """The provider's record of ``message`` sent at or after ``since``, or None when it
+        has none; raises ``SendError`` when it cannot tell (unreachable, lookups refused)."""
+        ...

@@ -8,6 +8,7 @@ import json
 import math
 import time
 import urllib.error
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import requests
@@ -144,6 +145,32 @@ class SendGridEmailSender:
         message_id = response.headers.get("X-Message-Id") if response.headers else None
         return SendResult(provider=self.provider, message_id=message_id)
 
+    def find(self, message: OutgoingMessage, since: datetime) -> SendResult | None:
+        """Ask the Email Activity API for the message by its ``nudge_id`` custom argument.
+
+        That API is a paid add-on: without it SendGrid answers 403 and the nudge stays
+        ambiguous for a person to settle (``engage nudges``).
+        """
+        query = f"unique_args['nudge_id']=\"{message.nudge_id}\""
+        try:
+            response = self._client.client.messages.get(query_params={"query": query, "limit": 10})
+            found = json.loads(response.body).get("messages") or []
+        except HTTPError as exc:
+            raise SendError(
+                f"SendGrid lookup of nudge {message.nudge_id}: HTTP {exc.status_code}",
+                retryable=_retryable_status(int(exc.status_code)),
+                status=int(exc.status_code),
+            ) from None
+        except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
+            raise SendError(
+                f"SendGrid lookup of nudge {message.nudge_id} failed: {_reason(exc)}",
+                retryable=True,
+            ) from None
+        for item in found:
+            if isinstance(item, dict) and item.get("msg_id"):
+                return SendResult(provider=self.provider, message_id=str(item["msg_id"]))
+        return None
+
 
 class TwilioSmsSender:
     """Sends SMS with Twilio's Messages API (no idempotency key there)."""
@@ -205,6 +232,29 @@ class TwilioSmsSender:
             ) from None
         sid = created.sid
         return SendResult(provider=self.provider, message_id=str(sid) if sid else None)
+
+    def find(self, message: OutgoingMessage, since: datetime) -> SendResult | None:
+        """Look for a message to the same number, from our number, with the same body,
+        created at or after ``since`` (Twilio has no key of ours to search by)."""
+        try:
+            listed = self._client.messages.list(
+                to=message.to,
+                from_=self._from_number,
+                date_sent_after=since - timedelta(minutes=1),
+                limit=50,
+            )
+        except TwilioException as exc:
+            raise _twilio_error(exc, message.nudge_id) from None
+        except requests.RequestException as exc:
+            raise SendError(
+                f"Twilio lookup of nudge {message.nudge_id} failed: {_reason(exc)}",
+                retryable=True,
+            ) from None
+        for item in listed:
+            created = item.date_created
+            if item.body == message.body and (created is None or created >= since):
+                return SendResult(provider=self.provider, message_id=str(item.sid))
+        return None
 
 
 def _twilio_error(exc: TwilioException, nudge_id: str) -> SendError:

@@ -10,7 +10,9 @@ A template is a file ``<name>.<channel>.j2`` in ``consumers/templates/``:
   other character makes the whole message UCS-2, at 67 characters a segment instead of 153.
 
 Variables: ``first_name`` and ``area`` (empty strings when unknown: write
-``{{ first_name or "there" }}``), ``org_name``, ``opt_out_url``, and whatever the nudge's context
+``{{ first_name or "there" }}``), ``org_name``, ``opt_out_url``, ``sms_opt_out`` (an SMS ends with
+it: "Reply STOP to opt out", or a short opt-out link when the sender is a one-way alphanumeric
+ID that cannot receive STOP), and whatever the nudge's context
 carries. Context keys are optional: use ``{{ key | default("...", true) }}`` or
 ``{% if key is defined %}``; at load every template is rendered with and without them, so one
 that needs more than the four guaranteed names fails then (undefined names are errors).
@@ -35,7 +37,7 @@ LAYOUT = "_layout.html.j2"
 SMS_OPT_OUT = "Reply STOP to opt out"
 MAX_SMS_SEGMENTS = 3
 
-GUARANTEED = ("first_name", "area", "org_name", "opt_out_url")
+GUARANTEED = ("first_name", "area", "org_name", "opt_out_url", "sms_opt_out")
 """The variables every template may rely on."""
 SAMPLE_CONTEXT: dict[str, str] = {
     "first_name": "Siân",
@@ -50,6 +52,8 @@ The name is not GSM-7, so an SMS must fit three UCS-2 segments (201 characters) 
 """
 _SAMPLE_ORG = "Grassroots Together"
 _SAMPLE_URL = "https://example.org/unsubscribe/nudge-sample-0000"
+_SAMPLE_SMS_OPT_OUTS = (SMS_OPT_OUT, "Opt out: https://example.org/o/abcdefghij")
+"""Both ways an SMS can end; each must fit the segment limit."""
 
 _GSM7_BASIC = frozenset(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
@@ -153,8 +157,10 @@ class TemplateBook:
         to: str,
         org_name: str,
         opt_out_url: str,
+        sms_opt_out: str | None = None,
     ) -> OutgoingMessage:
-        """Render one nudge. ``org_name`` and ``opt_out_url`` win over the context's.
+        """Render one nudge. ``org_name``, ``opt_out_url`` and ``sms_opt_out`` (default
+        "Reply STOP to opt out") win over the context's.
 
         Raises ``KeyError`` for an unknown template or channel, ``MessageTooLong`` for an SMS
         over ``MAX_SMS_SEGMENTS``, ``ValueError`` for an unusable recipient.
@@ -162,8 +168,9 @@ class TemplateBook:
         if (template, channel) not in self._templates:
             known = ", ".join(f"{t}.{c}" for t, c in self.names)
             raise KeyError(f"no template {template!r} for channel {channel!r}; known: {known}")
-        rendered = self._render(template, channel, context, org_name, opt_out_url)
-        self._require_opt_out(template, channel, rendered, org_name, opt_out_url)
+        ending = sms_opt_out or SMS_OPT_OUT
+        rendered = self._render(template, channel, context, org_name, opt_out_url, ending)
+        self._require_opt_out(template, channel, rendered, org_name, opt_out_url, ending)
         if channel == "sms":
             segments = sms_segments(rendered.body)
             if segments > MAX_SMS_SEGMENTS:
@@ -220,10 +227,14 @@ class TemplateBook:
         the template would more than double the segments every message takes.
         """
         filename = self.directory / f"{template}.{channel}.j2"
-        for context in (SAMPLE_CONTEXT, {"first_name": "", "area": ""}):
+        endings = _SAMPLE_SMS_OPT_OUTS if channel == "sms" else (SMS_OPT_OUT,)
+        cases = [(c, e) for c in (SAMPLE_CONTEXT, {"first_name": "", "area": ""}) for e in endings]
+        for context, ending in cases:
             try:
-                rendered = self._render(template, channel, context, _SAMPLE_ORG, _SAMPLE_URL)
-                self._require_opt_out(template, channel, rendered, _SAMPLE_ORG, _SAMPLE_URL)
+                rendered = self._render(
+                    template, channel, context, _SAMPLE_ORG, _SAMPLE_URL, ending
+                )
+                self._require_opt_out(template, channel, rendered, _SAMPLE_ORG, _SAMPLE_URL, ending)
                 if channel == "email":
                     self._html(rendered)
             except (jinja2.TemplateError, ValueError) as exc:
@@ -247,6 +258,7 @@ class TemplateBook:
         context: Mapping[str, str],
         org_name: str,
         opt_out_url: str,
+        sms_opt_out: str = SMS_OPT_OUT,
     ) -> _Rendered:
         variables: dict[str, str] = {"first_name": "", "area": ""}
         variables.update(context)
@@ -254,6 +266,7 @@ class TemplateBook:
         variables["area"] = " ".join(variables["area"].split())
         variables["org_name"] = org_name
         variables["opt_out_url"] = opt_out_url
+        variables["sms_opt_out"] = sms_opt_out
         compiled = self._templates[(template, channel)]
         if channel == "sms":
             return _Rendered(None, " ".join(compiled.render(variables).split()))
@@ -264,10 +277,15 @@ class TemplateBook:
 
     @staticmethod
     def _require_opt_out(
-        template: str, channel: str, rendered: _Rendered, org_name: str, opt_out_url: str
+        template: str,
+        channel: str,
+        rendered: _Rendered,
+        org_name: str,
+        opt_out_url: str,
+        sms_opt_out: str,
     ) -> None:
         """Every message names the sender and ends with a way to opt out (PECR reg. 23)."""
-        ending = SMS_OPT_OUT if channel == "sms" else opt_out_url
+        ending = sms_opt_out if channel == "sms" else opt_out_url
         if org_name not in rendered.body:
             raise ValueError(f"template {template}.{channel} does not name the organisation")
         if not rendered.body.endswith(ending):

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, case, select, update
+from sqlalchemy import String, case, or_, select, update
 from sqlalchemy.orm import Session
 
+from consumers.messages import OutgoingMessage
+from infra.consent import ledger_row
 from infra.db import (
     ConsentRecord,
     FollowUpTask,
@@ -20,7 +22,7 @@ from infra.db import (
     dialect_insert,
     insert_ignoring_duplicates,
 )
-from schemas.events import EngagementScored, NudgeRequested, TaskCreated
+from schemas.events import EngagementScored, MessageStatus, NudgeRequested, TaskCreated
 
 HELD_OUT = "held_out"
 """Status of a nudge or task whose supporter is in the rule's hold-out group: the decision is
@@ -156,25 +158,155 @@ def _score_dict(row: SupporterScore) -> dict[str, Any]:
     }
 
 
+DUE = ("pending", "held")
+"""Statuses a sender may claim, once ``not_before`` (quiet hours, a retry's wait) has passed."""
+IN_FLIGHT = ("sending", "ambiguous", "sent")
+"""Statuses that count towards a cap: the message went, or may have gone."""
+
+
+def due_nudges(
+    session: Session, now: datetime, limit: int, nudge_ids: Sequence[str] | None = None
+) -> list[Nudge]:
+    """Pending or held nudges whose ``not_before`` has passed, oldest request first."""
+    query = select(Nudge).where(
+        Nudge.status.in_(DUE), or_(Nudge.not_before.is_(None), Nudge.not_before <= now)
+    )
+    if nudge_ids is not None:
+        query = query.where(Nudge.nudge_id.in_(nudge_ids))
+    return list(session.scalars(query.order_by(Nudge.created_at, Nudge.nudge_id).limit(limit)))
+
+
 def pending_nudges(
     session: Session, limit: int, nudge_ids: Sequence[str] | None = None
 ) -> list[Nudge]:
-    query = select(Nudge).where(Nudge.status == "pending")
-    if nudge_ids is not None:
-        query = query.where(Nudge.nudge_id.in_(nudge_ids))
-    return list(session.scalars(query.order_by(Nudge.created_at).limit(limit)))
+    return due_nudges(session, datetime.now(UTC), limit, nudge_ids)
 
 
-def claim_nudges(session: Session, nudge_ids: Sequence[str]) -> set[str]:
-    """Move these nudges from pending to sending; return the ones this caller got."""
+def claim_nudges(
+    session: Session, nudge_ids: Sequence[str], now: datetime | None = None
+) -> set[str]:
+    """Move these nudges from pending (or held, once due) to sending, stamping the claim;
+    return the ones this caller got. Two senders racing for one key: one row update wins."""
     if not nudge_ids:
         return set()
+    now = now or datetime.now(UTC)
     return set(
         session.scalars(
             update(Nudge)
-            .where(Nudge.nudge_id.in_(nudge_ids), Nudge.status == "pending")
-            .values(status="sending")
+            .where(
+                Nudge.nudge_id.in_(nudge_ids),
+                Nudge.status.in_(DUE),
+                or_(Nudge.not_before.is_(None), Nudge.not_before <= now),
+            )
+            .values(status="sending", sending_since=now)
             .returning(Nudge.nudge_id)
+        )
+    )
+
+
+def lock_supporters(session: Session, supporter_ids: Sequence[str]) -> None:
+    """Serialise senders per supporter for the caps (PostgreSQL row locks, in id order; SQLite
+    holds one write lock for the whole transaction anyway)."""
+    if supporter_ids and session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            select(Supporter.supporter_id)
+            .where(Supporter.supporter_id.in_(supporter_ids))
+            .order_by(Supporter.supporter_id)
+            .with_for_update()
+        )
+
+
+def recent_sends(
+    session: Session, pairs: Sequence[tuple[str, str]], since: datetime
+) -> dict[tuple[str, str], list[datetime]]:
+    """Per (supporter, channel): when messages went (or may have gone) since ``since``."""
+    supporters = {supporter_id for supporter_id, _ in pairs}
+    found: dict[tuple[str, str], list[datetime]] = {}
+    if not supporters:
+        return found
+    rows = session.execute(
+        select(Nudge.supporter_id, Nudge.channel, Nudge.sent_at, Nudge.sending_since).where(
+            Nudge.supporter_id.in_(supporters),
+            Nudge.status.in_(IN_FLIGHT),
+            or_(Nudge.sent_at >= since, Nudge.sending_since >= since),
+        )
+    )
+    for supporter_id, channel, sent_at, sending_since in rows:
+        when = sent_at or sending_since
+        if when is not None and when >= since:
+            found.setdefault((supporter_id, channel), []).append(when)
+    return found
+
+
+def settle_nudge(
+    session: Session,
+    nudge_id: str,
+    status: str,
+    *,
+    reason_code: str | None = None,
+    reason: str | None = None,
+    not_before: datetime | None = None,
+    provider: str | None = None,
+    provider_message_id: str | None = None,
+    sent_at: datetime | None = None,
+    attempts: int | None = None,
+    opt_out_code: str | None = None,
+    expect: Sequence[str] = ("sending",),
+) -> bool:
+    """Move a nudge on from one of the ``expect`` statuses; False when it was not in one (a
+    reconciler or another sender got there first). A success is recorded from any unsettled
+    status: the message went, whatever a reconciler thought meanwhile."""
+    if status == "sent":
+        expect = (*expect, "sending", "ambiguous", "pending", "held")
+    values: dict[str, Any] = {
+        "status": status,
+        "reason_code": reason_code,
+        "reason": reason[:500] if reason else None,
+        "not_before": not_before,
+    }
+    optional = {
+        "provider": provider,
+        "provider_message_id": provider_message_id,
+        "sent_at": sent_at,
+        "attempts": attempts,
+        "opt_out_code": opt_out_code,
+    }
+    values.update({k: v for k, v in optional.items() if v is not None})
+    moved = session.execute(
+        update(Nudge)
+        .where(Nudge.nudge_id == nudge_id, Nudge.status.in_(set(expect)))
+        .values(**values)
+        .returning(Nudge.nudge_id)
+    ).first()
+    return moved is not None
+
+
+def expire_claims(session: Session, claimed_before: datetime) -> list[Nudge]:
+    """Nudges a sender claimed before ``claimed_before`` and never settled (it died mid-call):
+    now ambiguous, as nobody knows whether the provider took them."""
+    ids = list(
+        session.scalars(
+            update(Nudge)
+            .where(Nudge.status == "sending", Nudge.sending_since < claimed_before)
+            .values(
+                status="ambiguous",
+                reason_code="lease_expired",
+                reason="the sender stopped during the provider call",
+            )
+            .returning(Nudge.nudge_id)
+        )
+    )
+    return list(session.scalars(select(Nudge).where(Nudge.nudge_id.in_(ids)))) if ids else []
+
+
+def nudges_to_reconcile(session: Session, sent_before: datetime, limit: int) -> list[Nudge]:
+    """Ambiguous nudges sent before ``sent_before``: time for the provider to show them."""
+    return list(
+        session.scalars(
+            select(Nudge)
+            .where(Nudge.status == "ambiguous", Nudge.sending_since < sent_before)
+            .order_by(Nudge.sending_since)
+            .limit(limit)
         )
     )
 
@@ -186,6 +318,7 @@ def set_nudge_status(
     reason: str | None = None,
     provider_message_id: str | None = None,
 ) -> None:
+    """Set a nudge's status whatever it was (an operator's decision, ``engage nudges``)."""
     session.execute(
         update(Nudge)
         .where(Nudge.nudge_id == nudge_id)
@@ -231,22 +364,14 @@ def has_consent(session: Session, supporter_id: str, channel: str) -> bool:
     return (supporter_id, channel) in consented(session, [(supporter_id, channel)])
 
 
-def write_outbox(
-    session: Session,
-    nudge_id: str,
-    channel: str,
-    to_address: str,
-    subject: str | None,
-    body: str,
-    created_at: datetime,
-) -> None:
+def write_outbox(session: Session, message: OutgoingMessage, created_at: datetime) -> None:
     session.add(
         OutboxMessage(
-            nudge_id=nudge_id,
-            channel=channel,
-            to_address=to_address,
-            subject=subject,
-            body=body,
+            nudge_id=message.nudge_id,
+            channel=message.channel,
+            to_address=message.to,
+            subject=message.subject,
+            body=message.body,
             created_at=created_at,
         )
     )
@@ -295,3 +420,69 @@ def list_tasks(session: Session, limit: int, status: str | None = "open") -> lis
         }
         for r in rows
     ]
+
+
+def list_nudges(
+    session: Session, limit: int, statuses: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Nudges, newest first, with what became of each and why."""
+    query = select(Nudge)
+    if statuses:
+        query = query.where(Nudge.status.in_(statuses))
+    rows = session.scalars(query.order_by(Nudge.updated_at.desc(), Nudge.nudge_id).limit(limit))
+    return [
+        {
+            "nudge_id": r.nudge_id,
+            "supporter_id": r.supporter_id,
+            "channel": r.channel,
+            "rule": r.rule,
+            "status": r.status,
+            "reason_code": r.reason_code,
+            "reason": r.reason,
+            "not_before": r.not_before.isoformat() if r.not_before else None,
+            "attempts": r.attempts,
+            "sent_at": r.sent_at.isoformat() if r.sent_at else None,
+            "delivery_status": r.delivery_status,
+        }
+        for r in rows
+    ]
+
+
+_RESOLUTIONS = {
+    "resend": ("pending", ("ambiguous", "failed"), "operator_resend", "a person chose to resend"),
+    "mark-sent": ("sent", ("ambiguous",), "operator_confirmed", "a person confirmed it went"),
+    "give-up": ("failed", ("ambiguous",), "operator_gave_up", "a person chose not to resend"),
+}
+
+
+def resolve_nudge(session: Session, nudge_id: str, action: str) -> str:
+    """A person settles an ambiguous (or failed) nudge: resend, mark-sent or give-up."""
+    status, allowed, code, reason = _RESOLUTIONS[action]
+    nudge = session.get(Nudge, nudge_id)
+    if nudge is None:
+        return f"no nudge {nudge_id}"
+    if nudge.status not in allowed:
+        return f"nudge {nudge_id} is {nudge.status}; {action} needs {' or '.join(allowed)}"
+    now = datetime.now(UTC)
+    settle_nudge(
+        session,
+        nudge_id,
+        status,
+        reason_code=code,
+        reason=reason,
+        sent_at=now if status == "sent" else None,
+        expect=allowed,
+    )
+    if status != "pending":
+        event = MessageStatus(
+            event_time=now,
+            nudge_id=nudge.nudge_id,
+            supporter_id=nudge.supporter_id,
+            channel=nudge.channel,
+            rule=nudge.rule,
+            status="sent" if status == "sent" else "failed",
+            reason_code=code,
+            reason=reason,
+        )
+        session.add(ledger_row(event, now))
+    return f"ok: nudge {nudge_id} is {status} now"

@@ -4,6 +4,7 @@ keeps the newest engagement score per supporter (a read model)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,15 +107,7 @@ class ConsumerWorker:
             await self.producer.stop()
 
     async def _dispatch_until(self, stop: asyncio.Event) -> None:
-        """Send what is pending, beside the storing loop, in short transactions."""
-        while not stop.is_set():
-            try:
-                claimed = await asyncio.to_thread(self.dispatcher.dispatch_pending, 100)
-            except Exception as exc:  # a database hiccup must not stop the consumer
-                log.warning("dispatch.failed", error=str(exc))
-                claimed = 0
-            if not claimed:
-                await asyncio.sleep(0.02)
+        await send_until(self.dispatcher, stop)
 
     async def _store(self, batches: dict[TopicPartition, list[Any]]) -> None:
         batch = parse_batch(batches)
@@ -137,3 +130,23 @@ class ConsumerWorker:
             superseded_scores=len(batch.scores) - stored_scores,
             dead_letters=len(batch.letters),
         )
+
+
+async def send_until(dispatcher: Dispatcher, stop: asyncio.Event, batch: int = 100) -> None:
+    """Send what is due in short transactions until ``stop``; reconcile stale claims and
+    ambiguous sends every few seconds. A failing database is logged and tried again."""
+    loop = asyncio.get_running_loop()
+    every = min(10.0, dispatcher.policy.lease_s / 4)
+    next_reconcile = loop.time()
+    while not stop.is_set():
+        claimed = 0
+        try:
+            if loop.time() >= next_reconcile:
+                next_reconcile = loop.time() + every
+                await asyncio.to_thread(dispatcher.reconcile)
+            claimed = await asyncio.to_thread(dispatcher.dispatch_pending, batch)
+        except Exception as exc:  # a database hiccup must not stop the sender
+            log.warning("dispatch.failed", error=str(exc))
+        if not claimed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)

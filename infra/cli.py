@@ -130,13 +130,45 @@ def _engine(settings: Settings) -> Any:
     return Engine(load_playbook(settings.playbook, TemplateBook().names))
 
 
+def _sending_policy(settings: Settings) -> Any:
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from consumers.dispatch import SendingPolicy
+    from consumers.policy import ChannelPolicy, QuietHours
+
+    try:
+        zone = ZoneInfo(settings.default_timezone)
+        channels = {
+            name: ChannelPolicy(
+                quiet=QuietHours.parse(getattr(settings, f"{name}_quiet_hours")),
+                stale_after=timedelta(hours=getattr(settings, f"{name}_stale_after_hours")),
+                per_day=getattr(settings, f"{name}_cap_per_day"),
+                per_week=getattr(settings, f"{name}_cap_per_week"),
+            )
+            for name in ("email", "sms")
+        }
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        raise SystemExit(f"sending policy: {exc}") from None
+    return SendingPolicy(
+        channels=channels,
+        default_zone=zone,
+        max_attempts=settings.send_max_attempts,
+        backoff_s=settings.send_backoff_s,
+        lease_s=settings.send_lease_s,
+        reconcile_after_s=settings.reconcile_after_s,
+    )
+
+
 def _dispatcher(settings: Settings) -> Any:
     from consumers.dispatch import Dispatcher
     from consumers.messages import Sender
     from consumers.providers import SendGridEmailSender, TwilioSmsSender
+    from consumers.ratelimit import RateLimit
     from consumers.rendering import TemplateBook
 
     senders: dict[str, Sender] = {}
+    limits: dict[str, RateLimit] = {}
     if settings.sendgrid_api_key:
         senders["email"] = SendGridEmailSender(
             settings.sendgrid_api_key.get_secret_value(),
@@ -145,6 +177,7 @@ def _dispatcher(settings: Settings) -> Any:
             host=settings.sendgrid_host,
             timeout_s=settings.provider_timeout_s,
         )
+        limits["email"] = RateLimit(settings.sendgrid_rate_per_s)
     if settings.twilio_account_sid and settings.twilio_auth_token:
         senders["sms"] = TwilioSmsSender(
             settings.twilio_account_sid,
@@ -153,6 +186,7 @@ def _dispatcher(settings: Settings) -> Any:
             base_url=settings.twilio_base_url,
             timeout_s=settings.provider_timeout_s,
         )
+        limits["sms"] = RateLimit(settings.twilio_rate_per_s)
     return Dispatcher(
         _sessions(settings),
         TemplateBook(),
@@ -160,7 +194,42 @@ def _dispatcher(settings: Settings) -> Any:
         settings.org_name,
         settings.public_url,
         link_key=settings.secret("identity_key"),
+        policy=_sending_policy(settings),
+        limits=limits,
+        # An alphanumeric sender ID ("GRASSROOTS") is one-way: nobody can reply STOP to it.
+        sms_opt_out_link=not settings.twilio_from_number.startswith("+"),
     )
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    """Only the sender: due nudges out, stale claims reconciled; no Kafka needed."""
+    from consumers.runner import send_until
+
+    dispatcher = _dispatcher(settings)
+    asyncio.run(_until_stopped(lambda stop: send_until(dispatcher, stop, args.batch)))
+    return 0
+
+
+def cmd_nudges(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.repository import list_nudges, resolve_nudge
+
+    if args.action in ("resend", "mark-sent", "give-up"):
+        if not args.nudge_id:
+            raise SystemExit(f"nudges {args.action}: name the nudge")
+        with _sessions(settings).begin() as session:
+            done = resolve_nudge(session, args.nudge_id, args.action)
+        print(done)
+        return 0 if done.startswith("ok") else 1
+    statuses = args.status.split(",") if args.status else None
+
+    def read(session: Any, limit: int) -> list[dict[str, Any]]:
+        return list_nudges(session, limit, statuses)
+
+    def line(row: dict[str, Any]) -> str:
+        reason = f"  {row['reason_code']}: {row['reason']}" if row["reason"] else ""
+        return f"{row['status']:<10} {row['channel']:<5} {row['nudge_id']}{reason}"
+
+    return _listing(settings, args, read, line, "nudges")
 
 
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
@@ -443,6 +512,41 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from infra import deadletters
+
+    try:
+        since = deadletters.parse_since(args.since, datetime.now(UTC)) if args.since else None
+    except ValueError as exc:
+        raise SystemExit(f"--since: {exc}") from None
+    chosen = deadletters.Selection(
+        frozenset(args.id or ()), args.topic, since, args.contains, args.consumer
+    )
+    if args.action == "list":
+        if args.all or args.again or args.dry_run:
+            raise SystemExit("--all, --again and --dry-run go with `engage deadletters redrive`")
+        listing = deadletters.list_letters(_bootstrap(settings), _sessions(settings), chosen)
+        for problem in listing.unreadable:
+            print(problem, file=sys.stderr)
+        if args.json:
+            print(json.dumps(listing.rows, indent=2))
+        else:
+            print(deadletters.render_listing(listing))
+        return 0
+    if not (args.id or args.all):
+        raise SystemExit("redrive: name the letters with --id ID ..., or give --all")
+    outcomes = deadletters.redrive_letters(
+        _bootstrap(settings), _sessions(settings), chosen, again=args.again, dry_run=args.dry_run
+    )
+    if args.json:
+        print(json.dumps([outcome.as_dict() for outcome in outcomes], indent=2))
+    else:
+        print(deadletters.render_outcomes(outcomes))
+    return 0 if all(outcome.ok for outcome in outcomes) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engage", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -481,6 +585,20 @@ def build_parser() -> argparse.ArgumentParser:
     csv_import.add_argument("--url")
     csv_import.set_defaults(run=cmd_import_csv)
 
+    send = sub.add_parser("send", help="run only the sender: due nudges, reconciling")
+    send.add_argument("--batch", type=int, default=100, help="nudges claimed at a time")
+    send.set_defaults(run=cmd_send)
+    nudges = sub.add_parser(
+        "nudges", help="list nudges and why (held, skipped, ambiguous...); settle ambiguous ones"
+    )
+    nudges.add_argument(
+        "action", nargs="?", default="list", choices=["list", "resend", "mark-sent", "give-up"]
+    )
+    nudges.add_argument("nudge_id", nargs="?")
+    nudges.add_argument("--status", help="comma-separated statuses, e.g. held,skipped,ambiguous")
+    nudges.add_argument("--json", action="store_true")
+    nudges.add_argument("--limit", type=int, default=1000)
+    nudges.set_defaults(run=cmd_nudges)
     for name, run in (("outbox", cmd_outbox), ("tasks", cmd_tasks), ("scores", cmd_scores)):
         listing = sub.add_parser(name, help=f"list the {name}")
         listing.add_argument("--json", action="store_true")
@@ -527,6 +645,31 @@ def build_parser() -> argparse.ArgumentParser:
     playbook.add_argument("action", choices=["check"])
     playbook.add_argument("file", nargs="?", help="default: ENGAGE_PLAYBOOK or the shipped one")
     playbook.set_defaults(run=cmd_playbook)
+    letters = sub.add_parser(
+        "deadletters",
+        help="list the dead letters; re-drive them once the cause is fixed",
+        description=(
+            "List the records a consumer could not process (id source_topic:partition:offset, "
+            "consumer, time, error), or re-drive them: republish each letter's original key and "
+            "bytes to its source topic. A letter is re-driven once (noted in the database after "
+            "the broker acknowledged it); --again repeats it. A re-driven record that fails "
+            "again simply lands in the dead-letter topic again, as a new letter. A letter with "
+            "an empty payload, or from a topic not in the catalogue, is refused; the others "
+            "still go, and the exit status is 1."
+        ),
+    )
+    letters.add_argument("action", nargs="?", choices=["list", "redrive"], default="list")
+    which = letters.add_mutually_exclusive_group()
+    which.add_argument("--id", nargs="+", action="extend", metavar="ID", help="these letters")
+    which.add_argument("--all", action="store_true", help="redrive every letter the filters pick")
+    letters.add_argument("--topic", help="only letters from this source topic")
+    letters.add_argument("--since", help="only letters since: 12h, 7d, or an ISO time with zone")
+    letters.add_argument("--contains", metavar="TEXT", help="only letters whose error has TEXT")
+    letters.add_argument("--consumer", help="only letters of this consumer (stream, consumers)")
+    letters.add_argument("--again", action="store_true", help="redrive letters re-driven before")
+    letters.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
+    letters.add_argument("--json", action="store_true")
+    letters.set_defaults(run=cmd_deadletters)
     export = sub.add_parser("schemas", help="write each topic's JSON Schema, for analysts")
     export.add_argument("--out", default="schemas/json")
     export.set_defaults(run=cmd_schemas)

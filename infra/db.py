@@ -96,6 +96,8 @@ class Supporter(Base):
     last_name: Mapped[str | None] = mapped_column(String(100))
     postcode: Mapped[str | None] = mapped_column(String(10))
     area: Mapped[str | None] = mapped_column(String(100))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    """IANA zone for quiet hours and daily caps; None: the configured default (Europe/London)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -117,7 +119,15 @@ class ConsentRecord(Base):
 
 
 class Nudge(Base):
-    """A requested message, keyed by its idempotency key; its state says what became of it."""
+    """A requested message, keyed by its idempotency key; its state says what became of it.
+
+    ``status``: pending -> sending -> sent | failed | ambiguous; or held (quiet hours, until
+    ``not_before``), skipped (``reason_code``: no consent, suppressed, capped, stale, ...) or
+    held_out. A retryable refusal puts it back to pending with ``not_before`` and one more
+    ``attempts``. ``sending_since`` is when a sender claimed it: a claim older than the lease
+    is a sender that died mid-call, reconciled with the provider before anything is resent.
+    ``delivery_status`` is the provider's later report, moved only forwards.
+    """
 
     __tablename__ = "nudges"
     nudge_id: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -129,10 +139,22 @@ class Nudge(Base):
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
     reason: Mapped[str | None] = mapped_column(String(500))
-    provider_message_id: Mapped[str | None] = mapped_column(String(200))
+    provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    reason_code: Mapped[str | None] = mapped_column(String(40))
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sending_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    provider: Mapped[str | None] = mapped_column(String(20))
+    delivery_status: Mapped[str | None] = mapped_column(String(20))
+    delivery_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    opt_out_code: Mapped[str | None] = mapped_column(String(16), unique=True)
+    """The short opt-out link's code (``/o/{code}``), for SMS from a one-way sender."""
+
+    __table_args__ = (Index("ix_nudges_supporter_sent", "supporter_id", "channel", "sent_at"),)
 
 
 class OutboxMessage(Base):
@@ -146,6 +168,33 @@ class OutboxMessage(Base):
     subject: Mapped[str | None] = mapped_column(String(300))
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Suppression(Base):
+    """A contact never to be messaged on a channel: it withdrew consent (STOP, unsubscribe,
+    spam report) or cannot be reached (bounce, Twilio 21610). Keyed by the keyed hash of the
+    address (``schemas.identity.contact_identity``), not by supporter, so a re-import under
+    any id is still suppressed. Lifting it (the person texts START) keeps the row for the
+    record, with ``lifted_at`` set.
+    """
+
+    __tablename__ = "suppressions"
+    channel: Mapped[str] = mapped_column(String(10), primary_key=True)
+    contact: Mapped[str] = mapped_column(String(80), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lifted_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class WebhookReceipt(Base):
+    """A provider webhook event already applied, so a retried delivery changes nothing."""
+
+    __tablename__ = "webhook_receipts"
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+    receipt_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class FollowUpTask(Base):
@@ -257,3 +306,13 @@ def insert_ignoring_duplicates(session: Any, model: type[Base], rows: list[dict[
     primary_key = list(inspect(model).primary_key)
     inserted = session.execute(statement.returning(*primary_key), rows).all()
     return len(inserted)
+
+
+class DeadLetterRedrive(Base):
+    """A dead letter re-driven to its source topic by `engage deadletters redrive`, keyed by the
+    letter's id (``source_topic:partition:offset``); written once the broker has acknowledged."""
+
+    __tablename__ = "deadletter_redrives"
+    letter_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    redriven_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    target_topic: Mapped[str] = mapped_column(String(255))

@@ -52,6 +52,49 @@ class Settings(BaseSettings):
     twilio_from_number: str = "+447700900000"
     twilio_base_url: str | None = None
     provider_timeout_s: float = Field(default=10.0, gt=0)
+    sendgrid_webhook_public_key: str | None = Field(
+        default=None,
+        description="Base64 ECDSA public key of the signed Event Webhook; unset: endpoint refuses.",
+    )
+    webhook_max_age_s: float = Field(
+        default=600.0, gt=0, description="Oldest signed SendGrid webhook timestamp accepted."
+    )
+
+    # Sending policy. Quiet hours are local "HH:MM-HH:MM" in the supporter's zone (empty: none).
+    default_timezone: str = Field(
+        default="Europe/London", description="Zone of supporters whose own is not known."
+    )
+    sms_quiet_hours: str = "21:00-09:00"
+    email_quiet_hours: str = ""
+    sms_stale_after_hours: float = Field(
+        default=12.0, gt=0, description="An SMS planned longer ago than this is dropped, not sent."
+    )
+    email_stale_after_hours: float = Field(default=48.0, gt=0)
+    sms_cap_per_day: int = Field(default=1, ge=0, description="0: no cap.")
+    sms_cap_per_week: int = Field(default=3, ge=0)
+    email_cap_per_day: int = Field(default=2, ge=0)
+    email_cap_per_week: int = Field(default=5, ge=0)
+    send_max_attempts: int = Field(
+        default=6, ge=1, description="Tries of a retryable refusal (429, 5xx) before failed."
+    )
+    send_backoff_s: float = Field(
+        default=30.0, gt=0, description="First retry delay, doubled per attempt up to an hour."
+    )
+    send_lease_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A nudge claimed longer ago than this by a sender that never answered is "
+        "marked ambiguous (its sender died mid-call); keep it well above provider_timeout_s.",
+    )
+    reconcile_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="How long after the send an ambiguous nudge is looked up at the provider.",
+    )
+    sendgrid_rate_per_s: float = Field(default=50.0, gt=0)
+    twilio_rate_per_s: float = Field(
+        default=10.0, gt=0, description="Messages a second; a UK long code takes about 10."
+    )
 
     log_level: str = "info"
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: not a TTY).")

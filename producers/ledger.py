@@ -11,6 +11,7 @@ from typing import Literal
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from infra.consent import consent_record, ledger_row
 from infra.db import (
     ConsentRecord,
     IdentityLink,
@@ -177,16 +178,7 @@ class _Ledger:
         if event.event_id in self.seen:
             return False
         self.seen.add(event.event_id)
-        self.session.add(
-            LedgerEvent(
-                event_id=event.event_id,
-                topic=event.topic,
-                key=event.key(),
-                payload=event.model_dump_json(),
-                accepted_at=self.accepted_at,
-                published=False,
-            )
-        )
+        self.session.add(ledger_row(event, self.accepted_at))
         if isinstance(event, ContactFields):
             self._update_contacts(event)
         self._record_consent(event)
@@ -235,17 +227,7 @@ class _Ledger:
                         )
                     )
         elif isinstance(event, ConsentChanged):
-            self.session.add(
-                ConsentRecord(
-                    supporter_id=event.supporter_id,
-                    channel=event.channel,
-                    granted=event.granted,
-                    source=event.source,
-                    wording_version=None,
-                    recorded_at=recorded_at,
-                    event_id=event.event_id,
-                )
-            )
+            self.session.add(consent_record(event, self.accepted_at))
 
 
 class _Identities:

@@ -16,6 +16,7 @@ from schemas.events import (
     EventRSVP,
     IdentityMerged,
     LadderChanged,
+    MessageStatus,
     NudgeRequested,
     PetitionSigned,
     SupporterBrought,
@@ -62,6 +63,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("ladder.changed", LadderChanged, "A supporter moved up or down the ladder."),
     TopicSpec("nudge.requested", NudgeRequested, "A message a rule wants sent.", 30 * DAY_MS),
     TopicSpec("task.created", TaskCreated, "An organiser follow-up task.", 30 * DAY_MS),
+    TopicSpec(
+        "message.status",
+        MessageStatus,
+        "What became of each nudge: held, skipped (why), sent, delivered, bounced, ...",
+    ),
     TopicSpec("deadletter", DeadLetter, "Events that could not be processed.", 90 * DAY_MS),
 )
 INPUT_TOPICS: tuple[str, ...] = tuple(t.name for t in TOPICS if t.name in INPUT_EVENT_TYPES)

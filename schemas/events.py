@@ -202,6 +202,9 @@ class ConsentFields(ByIdFields):
     channel: Literal["email", "sms"]
     granted: bool
     source: ShortText = Field(description="unsubscribe_link, sms_stop, form, organiser, ...")
+    wording_version: str | None = Field(
+        default=None, max_length=100, description="The consent wording the supporter agreed to."
+    )
 
 
 class SupporterSignup(SignupFields):
@@ -406,6 +409,47 @@ class TaskCreated(Event):
     )
 
 
+MessageState = Literal[
+    "held",
+    "skipped",
+    "sent",
+    "failed",
+    "ambiguous",
+    "queued",
+    "delivered",
+    "undelivered",
+    "bounced",
+    "dropped",
+    "deferred",
+    "opened",
+    "spamreport",
+    "unsubscribed",
+]
+
+
+class MessageStatus(Event):
+    """What became of a nudge: the sender's decision (held, skipped with a reason, sent,
+    failed, ambiguous) and the provider's later reports (delivered, bounced, ...).
+
+    ``reason_code`` is machine-readable (``no_consent``, ``suppressed``, ``quiet_hours``,
+    ``cap_day``, ``cap_week``, ``stale``, ``provider_refused``, ...); ``reason`` says it in
+    words and never quotes an address.
+    """
+
+    topic = "message.status"
+    type: Literal["message.status"] = "message.status"
+    nudge_id: ShortText
+    supporter_id: SupporterId
+    channel: Literal["email", "sms"]
+    rule: str | None = Field(default=None, max_length=200)
+    status: MessageState
+    reason_code: str | None = Field(default=None, max_length=40)
+    reason: str | None = Field(default=None, max_length=500)
+    provider: str | None = Field(default=None, max_length=20)
+    provider_message_id: str | None = Field(default=None, max_length=200)
+    error_code: str | None = Field(default=None, max_length=40)
+
+
 class DeadLetter(Event):
     """An event that could not be processed, with where it came from and why."""
 
@@ -440,7 +484,14 @@ EVENT_TYPES: dict[str, type[Event]] = {
     **INPUT_EVENT_TYPES,
     **{
         m.topic: m
-        for m in (EngagementScored, LadderChanged, NudgeRequested, TaskCreated, DeadLetter)
+        for m in (
+            EngagementScored,
+            LadderChanged,
+            NudgeRequested,
+            TaskCreated,
+            MessageStatus,
+            DeadLetter,
+        )
     },
 }
 

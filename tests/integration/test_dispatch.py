@@ -297,9 +297,9 @@ def test_a_sender_is_called_once_per_nudge(
     [
         (SendError("read timed out", retryable=True, ambiguous=True), "ambiguous"),
         (SendError("refused: 400", retryable=False, status=400), "failed"),
-        (SendError("rate limited", retryable=True, status=429, retry_after_s=1.0), "failed"),
+        (SendError("unauthorised", retryable=False, status=401), "failed"),
     ],
-    ids=["ambiguous", "refused", "rate-limited"],
+    ids=["ambiguous", "refused", "unauthorised"],
 )
 def test_a_send_error_is_recorded_and_not_retried(
     sessions: sessionmaker[Session], templates: TemplateBook, error: SendError, status: str

@@ -260,7 +260,7 @@ def write_book(tmp_path: Path, filename: str, text: str) -> Path:
     return tmp_path
 
 
-GOOD_SMS = 'Hi {{ first_name or "there" }}, from {{ org_name }}. Reply STOP to opt out'
+GOOD_SMS = 'Hi {{ first_name or "there" }}, from {{ org_name }}. {{ sms_opt_out }}'
 GOOD_EMAIL = (
     "{% block subject %}Hello from {{ org_name }}{% endblock %}\n"
     "{% block body %}\nHi,\n\n{{ org_name }}\n\nUnsubscribe: {{ opt_out_url }}\n{% endblock %}\n"
@@ -282,13 +282,18 @@ def test_another_directory_loads_and_falls_back_to_the_package_layout(tmp_path: 
 @pytest.mark.parametrize(
     ("filename", "text", "reason"),
     [
-        ("broken.sms.j2", "Hi {{ first_name }, Reply STOP to opt out", r"line 1: unexpected '}'"),
+        ("broken.sms.j2", "Hi {{ first_name }, {{ sms_opt_out }}", r"line 1: unexpected '}'"),
         ("broken.email.j2", "{% block subject %}Hi{% endblock %}\n{% if x %}", r"line 2"),
-        ("broken.sms.j2", "Hi {{ nickname }}, {{ org_name }}. " + SMS_OPT_OUT, "nickname"),
+        ("broken.sms.j2", "Hi {{ nickname }}, {{ org_name }}. {{ sms_opt_out }}", "nickname"),
         ("broken.sms.j2", "Hi from {{ org_name }}!", "does not end with 'Reply STOP"),
-        ("broken.sms.j2", "Hi there. Reply STOP to opt out", "does not name the organisation"),
-        ("broken.sms.j2", "We\u2019re {{ org_name }}. " + SMS_OPT_OUT, "outside GSM-7"),
-        ("broken.sms.j2", "{{ org_name }} " + "word " * 100 + SMS_OPT_OUT, "segments"),
+        ("broken.sms.j2", "Hi there. {{ sms_opt_out }}", "does not name the organisation"),
+        (
+            "broken.sms.j2",
+            "Hi from {{ org_name }}. Reply STOP to opt out",
+            "does not end with 'Opt out: https://",
+        ),
+        ("broken.sms.j2", "We\u2019re {{ org_name }}. {{ sms_opt_out }}", "outside GSM-7"),
+        ("broken.sms.j2", "{{ org_name }} " + "word " * 100 + "{{ sms_opt_out }}", "segments"),
         ("broken.email.j2", GOOD_EMAIL.replace("{{ opt_out_url }}", ""), "does not end with"),
         ("broken.email.j2", "{% block body %}{{ org_name }}{% endblock %}", "missing block"),
         ("broken.email.j2", GOOD_EMAIL.replace("Hello from {{ org_name }}", " "), "subject"),
@@ -300,6 +305,7 @@ def test_another_directory_loads_and_falls_back_to_the_package_layout(tmp_path: 
         "undefined",
         "no-stop",
         "no-org",
+        "stop-only",
         "curly-quote",
         "too-long",
         "no-unsubscribe",

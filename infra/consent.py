@@ -1,0 +1,114 @@
+"""Consent and suppression writes shared by the ingest ledger, the webhooks and the sender.
+
+A suppression is keyed by the channel and the keyed hash of the address, never the address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from infra.db import ConsentRecord, LedgerEvent, Suppression, dialect_insert
+from schemas.events import ConsentChanged, Event
+from schemas.identity import contact_identity
+
+Channel = Literal["email", "sms"]
+
+
+def contact_key(key: str, channel: str, address: str) -> str:
+    """The suppression list's key of a normalised email or E.164 phone."""
+    return contact_identity(key, "email" if channel == "email" else "phone", address)
+
+
+def consent_record(event: ConsentChanged, accepted_at: datetime) -> ConsentRecord:
+    """The row a consent.changed event writes: stamped with its time, but never later than its
+    arrival, so a clock running ahead cannot outrank a withdrawal that comes after it."""
+    return ConsentRecord(
+        supporter_id=event.supporter_id,
+        channel=event.channel,
+        granted=event.granted,
+        source=event.source,
+        wording_version=event.wording_version,
+        recorded_at=min(event.event_time, accepted_at),
+        event_id=event.event_id,
+    )
+
+
+def ledger_row(event: Event, accepted_at: datetime) -> LedgerEvent:
+    """An event for the relay to publish, written in the caller's transaction."""
+    return LedgerEvent(
+        event_id=event.event_id,
+        topic=event.topic,
+        key=event.key(),
+        payload=event.model_dump_json(),
+        accepted_at=accepted_at,
+        published=False,
+    )
+
+
+def suppress(
+    session: Session,
+    key: str,
+    channel: str,
+    address: str,
+    reason: str,
+    source: str,
+    now: datetime,
+) -> None:
+    """Put the address on the channel's suppression list (again, if it was lifted)."""
+    statement = dialect_insert(session, Suppression).values(
+        channel=channel,
+        contact=contact_key(key, channel, address),
+        reason=reason[:200],
+        source=source[:100],
+        created_at=now,
+        lifted_at=None,
+        lifted_by=None,
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Suppression.channel, Suppression.contact],
+            set_={
+                "reason": reason[:200],
+                "source": source[:100],
+                "lifted_at": None,
+                "lifted_by": None,
+            },
+            where=Suppression.lifted_at.is_not(None),
+        )
+    )
+
+
+def lift_suppression(
+    session: Session, key: str, channel: str, address: str, by: str, now: datetime
+) -> bool:
+    """Lift the address's suppression, keeping the row; True when one was active. Only the
+    person themselves lifts it (texting START): a re-import or a form grant does not."""
+    row = session.get(Suppression, (channel, contact_key(key, channel, address)))
+    if row is None or row.lifted_at is not None:
+        return False
+    row.lifted_at, row.lifted_by = now, by[:100]
+    return True
+
+
+def suppressed(
+    session: Session, key: str, wanted: Iterable[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Which (channel, address) pairs are on an active suppression list."""
+    by_key = {
+        (channel, contact_key(key, channel, address)): (channel, address)
+        for channel, address in wanted
+    }
+    if not by_key:
+        return set()
+    rows = session.execute(
+        select(Suppression.channel, Suppression.contact).where(
+            tuple_(Suppression.channel, Suppression.contact).in_(list(by_key)),
+            Suppression.lifted_at.is_(None),
+        )
+    )
+    return {by_key[(channel, contact)] for channel, contact in rows}
