@@ -37,7 +37,7 @@ from schemas.events import (
 )
 from schemas.identity import contact_identity, supporter_id
 
-_CONTACT_FIELDS = ("email", "phone", "first_name", "last_name", "postcode", "area")
+_CONTACT_FIELDS = ("email", "phone", "first_name", "last_name", "postcode", "area", "timezone")
 _MERGE_NAMESPACE = uuid.UUID("a6de178c-0dd6-41eb-a03a-eeb57f3af7ad")
 
 
@@ -196,7 +196,7 @@ class _Ledger:
         sid = event.key()
         row = self.supporter_row(sid)
         for name in _CONTACT_FIELDS:
-            value = getattr(event, name)
+            value = getattr(event, name, None)
             if not value:
                 continue
             newest = self.written_at.get((sid, name))

@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 import structlog
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from infra.db import Nudge
+from infra.consent import suppress
+from infra.db import Nudge, Supporter
 from producers.ledger import record_events, survivor_of
 from schemas.events import ConsentChanged
 from schemas.identity import opt_out_token
@@ -34,13 +36,19 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
 
 
-def withdraw(session: Session, nudge_id: str, source: str) -> Nudge | None:
+def withdraw(session: Session, nudge_id: str, source: str, key: str | None = None) -> Nudge | None:
     """Record that the recipient of this nudge withdrew consent for its channel: a consent
-    record and a consent.changed event, for the supporter they are now (after any merge)."""
+    record and a consent.changed event, for the supporter they are now (after any merge).
+    With the identity ``key``, the address the nudge went to joins the suppression list too,
+    so no later import or form under any id messages it again."""
     nudge = session.get(Nudge, nudge_id)
     if nudge is None:
         return None
     now = datetime.now(UTC)
+    person = session.get(Supporter, nudge.supporter_id)
+    address = (person.email if nudge.channel == "email" else person.phone) if person else None
+    if key is not None and address:
+        suppress(session, key, nudge.channel, address, "opted out by link", source, now)
     withdrawn = ConsentChanged.model_validate(
         {
             "event_time": now,
@@ -82,7 +90,7 @@ def unsubscribe_router(sessions: sessionmaker[Session], org_name: str, key: str)
         if not genuine(nudge_id, t):
             return _page("Unsubscribe", unknown, 404)
         with sessions.begin() as session:
-            nudge = withdraw(session, nudge_id, source=_SOURCE)
+            nudge = withdraw(session, nudge_id, source=_SOURCE, key=key)
             if nudge is None:
                 return _page("Unsubscribe", unknown, 404)
             channel = nudge.channel
@@ -91,6 +99,46 @@ def unsubscribe_router(sessions: sessionmaker[Session], org_name: str, key: str)
             "Unsubscribed",
             f"<h1>You're unsubscribed</h1><p>{html.escape(org_name)} will send you no more "
             f"campaign {'emails' if channel == 'email' else 'texts'}.</p>",
+        )
+
+    return router
+
+
+def short_opt_out_router(sessions: sessionmaker[Session], org_name: str, key: str) -> APIRouter:
+    """``/o/{code}``: the short opt-out link that ends texts from a one-way (alphanumeric)
+    sender, which nobody can answer with STOP. The code is the nudge's ``opt_out_code``, an
+    HMAC of its id (50 bits), so it needs no token; an unknown code reveals nothing."""
+    router = APIRouter(prefix="/o", tags=["opt-out"])
+    unknown = "<h1>Link not recognised</h1><p>This opt-out link is not one of ours.</p>"
+
+    def nudge_of(session: Session, code: str) -> Nudge | None:
+        if not code.isalnum() or len(code) > 16:
+            return None
+        return session.scalars(select(Nudge).where(Nudge.opt_out_code == code)).first()
+
+    @router.get("/{code}", response_class=HTMLResponse, summary="Confirm an SMS opt-out")
+    def confirm(code: str) -> HTMLResponse:
+        with sessions() as session:
+            if nudge_of(session, code) is None:
+                return _page("Stop texts", unknown, 404)
+        return _page(
+            "Stop texts",
+            f"<h1>Stop texts</h1><p>Stop all campaign texts from {html.escape(org_name)}?</p>"
+            '<form method="post"><button type="submit">Stop texts</button></form>',
+        )
+
+    @router.post("/{code}", response_class=HTMLResponse, summary="Opt out of texts")
+    def opt_out(code: str) -> HTMLResponse:
+        with sessions.begin() as session:
+            nudge = nudge_of(session, code)
+            if nudge is None:
+                return _page("Stop texts", unknown, 404)
+            withdraw(session, nudge.nudge_id, source="sms_opt_out_link", key=key)
+        log.info("consent.withdrawn", channel="sms", source="sms_opt_out_link")
+        return _page(
+            "Texts stopped",
+            f"<h1>Texts stopped</h1><p>{html.escape(org_name)} will send you no more "
+            "campaign texts.</p>",
         )
 
     return router

@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import Callable
 from typing import Annotated, ClassVar, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -143,6 +144,22 @@ class SignupFields(ContactFields):
     consent_wording: str | None = Field(
         default=None, max_length=100, description="Version of the consent wording shown."
     )
+    timezone: str | None = Field(
+        default=None,
+        max_length=64,
+        description="IANA time zone (Europe/London) for quiet hours and daily caps.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name") from None
+        return value
 
 
 class PetitionFields(ContactFields):

@@ -342,6 +342,8 @@ def test_the_nudge_is_committed_as_sending_before_the_provider_is_called(
     seen: list[str] = []
 
     class PeekingSender:
+        provider = "peek"
+
         def send(self, message: OutgoingMessage) -> SendResult:
             seen.append(nudge_row(sessions, message.nudge_id).status)
             return SendResult("peek", None)
