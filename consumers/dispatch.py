@@ -158,7 +158,9 @@ class Dispatcher:
                     decision = decide(
                         self.policy.channel(nudge.channel),
                         nudge.channel,
-                        nudge.requested_at,
+                        # Planned when the consumer stored it (a late event's nudge is
+                        # planned late; the playbook's stale_after_hours judged that already).
+                        max(nudge.requested_at, nudge.created_at),
                         now,
                         plan.zone or self.policy.default_zone,
                         sent.get(pair, []),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -11,6 +12,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console, Group
@@ -18,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from sqlalchemy import func, select
 
-from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage
+from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage, SupporterScore
 from infra.processes import Supervisor
 from infra.settings import Settings
 from schemas.catalogue import TOPICS
@@ -165,6 +167,9 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
             )
         report["result"] = result
 
+    quiet_note = _demo_quiet_hours()
+    if quiet_note:
+        console.print(quiet_note)
     sender = threading.Thread(target=traffic, name="simulate", daemon=True)
     view: LiveView | None = None
     snap: dict[str, Any] = {}
@@ -194,6 +199,9 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
                 if quiet >= 8 and snap["outbox"]:
                     break
                 time.sleep(0.5)
+        if snap:
+            _opt_outs_then_reimport(console, settings, supervisor)
+            _sending_decisions(console, supervisor)
     finally:
         if view is not None:
             view.close()
@@ -211,6 +219,7 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
     console.print("\n[bold]Where to look next[/bold]")
     for line in (
         f"{engage} outbox      the emails and texts that were 'sent' (add --json)",
+        f"{engage} nudges --status held,skipped   what was held or not sent, and why",
         f"{engage} tasks       the organisers' follow-up queue (add --json)",
         f"{engage} scores      the highest engagement scores and their rungs",
         f"{engage} explain ID  why a supporter's score, rung and nudges are what they are",
@@ -223,3 +232,146 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
     ):
         console.print(f"  {line}")
     return 0
+
+
+def _demo_quiet_hours() -> str | None:
+    """By day the texts' 21:00-09:00 quiet hours would hide nothing: unless ENGAGE_SMS_QUIET_HOURS
+    is set, the demo makes the current London hour quiet, and says so."""
+    if "ENGAGE_SMS_QUIET_HOURS" in os.environ:
+        return None
+    hour = datetime.now(ZoneInfo("Europe/London")).hour
+    if hour >= 21 or hour < 9:
+        return None
+    window = f"{hour:02d}:00-{(hour + 2) % 24:02d}:00"
+    os.environ["ENGAGE_SMS_QUIET_HOURS"] = window
+    return (
+        f"For this demo texts are quiet {window} London time, so some are held "
+        "(the default is 21:00-09:00; ENGAGE_SMS_QUIET_HOURS sets it)."
+    )
+
+
+def _opt_outs_then_reimport(console: Console, settings: Settings, supervisor: Supervisor) -> None:
+    """Three people click the unsubscribe link in their email; then a sign-in sheet with them
+    on it is imported, consent boxes ticked: their thank-you emails are suppressed."""
+    import httpx
+
+    from producers.client import IngestClient
+
+    with supervisor.sessions() as session:
+        # People who never came to a meeting: the imported sheet is their first.
+        emails = session.scalars(
+            select(OutboxMessage)
+            .join(Nudge, Nudge.nudge_id == OutboxMessage.nudge_id)
+            .join(SupporterScore, SupporterScore.supporter_id == Nudge.supporter_id)
+            .where(
+                OutboxMessage.channel == "email",
+                SupporterScore.rung.in_(("supporter", "signer")),
+            )
+            .limit(3)
+        ).all()
+        owners = dict(
+            session.execute(
+                select(Nudge.nudge_id, Nudge.supporter_id).where(
+                    Nudge.nudge_id.in_([m.nudge_id for m in emails])
+                )
+            ).all()
+        )
+    links = [
+        (owners[m.nudge_id], m.to_address, re.search(r"(http://\S+/unsubscribe/\S+)", m.body))
+        for m in emails
+    ]
+    people = [(sid, address, match.group(1)) for sid, address, match in links if match]
+    if not people:
+        return
+    for _, _, link in people:
+        httpx.post(link, timeout=10).raise_for_status()
+    # The stream orders consent changes by the second, a withdrawal first on a tie.
+    time.sleep(1.1)
+    now = datetime.now(UTC)
+    regrants = [
+        {
+            "type": "consent.changed",
+            "event_time": now.isoformat(),
+            "supporter_id": sid,
+            "channel": "email",
+            "granted": True,
+            "source": "csv_import",
+        }
+        for sid, _, _ in people
+    ]
+    sheet: list[dict[str, Any]] = []
+    for _, address, _ in people:
+        sheet.append(
+            {
+                "type": "event.attended",
+                "event_time": now.isoformat(),
+                "email": address,
+                "meeting_id": "demo-reimport",
+                "meeting_title": "Re-imported sign-in sheet",
+            }
+        )
+    # Two newcomers have a busy day: they join, miss the morning meeting they said they would
+    # come to, and come to the evening one. Three emails are due; the cap is two a day.
+    for n in (1, 2):
+        newcomer = {"email": f"busy.day.{n}@example.org", "first_name": f"Sam{n}"}
+        morning, evening = now - timedelta(hours=3), now - timedelta(minutes=5)
+        sheet += [
+            {
+                "type": "supporter.signup",
+                "event_time": (morning - timedelta(hours=1)).isoformat(),
+                "consent_email": True,
+                "source": "demo",
+                **newcomer,
+            },
+            {
+                "type": "event.no_show",
+                "event_time": morning.isoformat(),
+                "meeting_id": "demo-morning",
+                **newcomer,
+            },
+            {
+                "type": "event.attended",
+                "event_time": evening.isoformat(),
+                "meeting_id": "demo-evening",
+                **newcomer,
+            },
+        ]
+    with IngestClient(supervisor.api_url, settings.secret("api_token")) as client:
+        client.post_batch(regrants)  # accepted first, so folded before the sheet
+        client.post_batch(sheet)
+    console.print(
+        f"\n{len(people)} people unsubscribed by their email's link; then a sign-in sheet "
+        "with them on it was imported, consent ticked again. Two newcomers had a busy day."
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with supervisor.sessions() as session:
+            waiting = session.scalar(
+                select(func.count())
+                .select_from(Nudge)
+                .where(Nudge.status.in_(("pending", "sending")))
+            )
+            decided = session.scalar(
+                select(func.count())
+                .select_from(Nudge)
+                .where(Nudge.reason_code.in_(("suppressed", "cap_day")))
+            )
+        if decided and decided >= len(people) + 2 and not waiting:
+            break
+        time.sleep(0.5)
+
+
+def _sending_decisions(console: Console, supervisor: Supervisor) -> None:
+    """Nudges by what became of them and why, with one reason in words for each."""
+    with supervisor.sessions() as session:
+        rows = session.execute(
+            select(Nudge.status, Nudge.reason_code, func.count(), func.max(Nudge.reason))
+            .group_by(Nudge.status, Nudge.reason_code)
+            .order_by(Nudge.status, Nudge.reason_code)
+        ).all()
+    table = Table(title="Sending decisions (engage nudges --status held,skipped)")
+    for column in ("status", "why", "nudges", "for example"):
+        table.add_column(column)
+    for status, code, count, reason in rows:
+        table.add_row(status, code or "-", str(count), (reason or "")[:90])
+    console.print(table)
