@@ -15,6 +15,7 @@ import requests
 import sendgrid
 from python_http_client.exceptions import HTTPError
 from sendgrid.helpers.mail import CustomArg, From, Header, Mail, To
+from twilio.base import values
 from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client as TwilioClient
@@ -184,7 +185,11 @@ class TwilioSmsSender:
         from_number: str,
         base_url: str | None = None,
         timeout_s: float = 10.0,
+        status_callback: str | None = None,
     ) -> None:
+        """``status_callback``: the public URL of ``/webhooks/twilio/status``, so delivery
+        reports come back for every message."""
+        self._status_callback = status_callback
         self._client = TwilioClient(
             account_sid,
             auth_token,
@@ -202,7 +207,10 @@ class TwilioSmsSender:
             raise ValueError(f"TwilioSmsSender cannot send {message.channel!r} messages")
         try:
             created = self._client.messages.create(
-                to=message.to, from_=self._from_number, body=message.body
+                to=message.to,
+                from_=self._from_number,
+                body=message.body,
+                status_callback=self._status_callback or values.unset,
             )
         except TwilioException as exc:
             raise _twilio_error(exc, message.nudge_id) from None

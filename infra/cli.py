@@ -185,6 +185,7 @@ def _dispatcher(settings: Settings) -> Any:
             settings.twilio_from_number,
             base_url=settings.twilio_base_url,
             timeout_s=settings.provider_timeout_s,
+            status_callback=f"{settings.public_url.rstrip('/')}/webhooks/twilio/status",
         )
         limits["sms"] = RateLimit(settings.twilio_rate_per_s)
     return Dispatcher(

@@ -11,7 +11,8 @@ from fastapi_offline import FastAPIOffline
 from infra.db import make_engine, session_factory
 from infra.settings import Settings
 from producers.api import IngestService, ingest_router, openapi_components
-from producers.unsubscribe import unsubscribe_router
+from producers.unsubscribe import short_opt_out_router, unsubscribe_router
+from producers.webhooks import webhooks_router
 from streams.engagement import Engine
 from streams.explain import explain_router
 from streams.playbook import load_playbook
@@ -36,6 +37,21 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(explain_router(sessions, engine, service.token))
     app.include_router(
         unsubscribe_router(sessions, settings.org_name, settings.secret("identity_key"))
+    )
+    app.include_router(
+        short_opt_out_router(sessions, settings.org_name, settings.secret("identity_key"))
+    )
+    twilio_token = settings.twilio_auth_token
+    app.include_router(
+        webhooks_router(
+            sessions,
+            identity_key=settings.secret("identity_key"),
+            public_url=settings.public_url,
+            org_name=settings.org_name,
+            twilio_auth_token=twilio_token.get_secret_value() if twilio_token else None,
+            sendgrid_public_key=settings.sendgrid_webhook_public_key,
+            max_age_s=settings.webhook_max_age_s,
+        )
     )
 
     @app.get("/health", tags=["ops"])

@@ -262,6 +262,23 @@ def test_twilio_posts_the_message_form_with_basic_auth(
     assert sms.body.endswith("Reply STOP to opt out")
 
 
+def test_twilio_asks_for_status_callbacks_when_given_the_url(
+    stub_providers: StubProviders, sms: OutgoingMessage
+) -> None:
+    callback = "https://engage.example.org/webhooks/twilio/status"
+    sender = TwilioSmsSender(
+        ACCOUNT_SID,
+        AUTH_TOKEN,
+        FROM_NUMBER,
+        base_url=stub_providers.url,
+        timeout_s=TIMEOUT_S,
+        status_callback=callback,
+    )
+    sender.send(sms)
+    [request] = stub_providers.requests
+    assert request.form()["StatusCallback"] == callback
+
+
 def test_twilio_ignores_region_and_edge_in_the_environment(
     stub_providers: StubProviders, sms: OutgoingMessage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
