@@ -50,6 +50,7 @@ from schemas.events import (
     Event,
     MessageState,
     MessageStatus,
+    TaskCreated,
 )
 from schemas.identity import contact_identity, normalise_email, normalise_phone
 
@@ -472,6 +473,39 @@ class _Webhooks:
 
         return _in_transaction(self.sessions, work)
 
+    def apply_reply(self, sid: str, phone: str) -> dict[str, Any]:
+        """A text that is not a keyword ("please stop texting me", a question) needs a person:
+        an objection in words is still an objection. Each supporter with the number gets a
+        high-priority task due in a day, once per MessageSid; the text itself stays in
+        Twilio (read it there by its sid), not in our topics."""
+
+        def work(session: Session) -> dict[str, Any]:
+            now = self.clock()
+            people = _supporters_with(session, self.key, "phone", phone)
+            if not people or not _receipt(session, "twilio-reply", sid, now):
+                return {"outcome": "not_a_keyword", "tasks": 0}
+            tasks: list[Event] = [
+                TaskCreated(
+                    event_id=_event_id("twilio-reply", sid, person),
+                    event_time=now,
+                    task_id=f"sms-reply:{sid}:{person}",
+                    supporter_id=person,
+                    kind="read_sms_reply",
+                    reason=f"Replied to a text (message {sid}): read it in Twilio and answer. "
+                    "If they ask us to stop, that is an opt-out: record it.",
+                    due_at=now + timedelta(days=1),
+                    rule="inbound-sms-reply",
+                    cause_event_id=_event_id("twilio-sms", sid),
+                    priority="high",
+                )
+                for person in people
+                if _SUPPORTER_ID.fullmatch(person)
+            ]
+            record_events(session, tasks, now)
+            return {"outcome": "task_for_a_person", "tasks": len(tasks)}
+
+        return _in_transaction(self.sessions, work)
+
     @staticmethod
     def _consent(
         cause: str,
@@ -801,7 +835,8 @@ def webhooks_router(
     async def twilio_sms(request: Request) -> Response:
         """An exact keyword (any case, alone in the message) withdraws SMS consent (STOP,
         STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE, OPTOUT), restores it (START, YES,
-        UNSTOP) or is answered (HELP, INFO); any other text is ignored."""
+        UNSTOP) or is answered (HELP, INFO); any other text from a known number becomes an
+        organiser's task to read it (an objection in words is still an objection)."""
         form = await twilio_form(request)
         if isinstance(form, Response):
             log.info("webhook.twilio_sms", outcome="refused", status=form.status_code)
@@ -814,7 +849,11 @@ def webhooks_router(
             return problem(400, "From", "missing")
         keyword = sms_keyword(form.first("Body") or "")
         if keyword is None:
-            log.info("webhook.twilio_sms", message_sid=sid, outcome="not_a_keyword")
+            phone = sender_phone(sender)
+            done = {"outcome": "not_a_keyword"}
+            if phone is not None:
+                done = await run_in_threadpool(hooks.apply_reply, sid, phone)
+            log.info("webhook.twilio_sms", message_sid=sid, **done)
             return _twiml()
         kind, word = keyword
         if kind == "help":

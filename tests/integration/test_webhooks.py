@@ -490,14 +490,37 @@ def test_an_opt_out_word_withdraws_sms_consent_and_suppresses_the_phone(
 @pytest.mark.parametrize(
     "body", ["STOP please", "please stop", "STOP.", "STOPP", "S T O P", "", "   ", "Stop it now"]
 )
-def test_anything_but_a_lone_keyword_changes_nothing(
+def test_anything_but_a_lone_keyword_changes_no_consent_but_asks_a_person_to_read_it(
     client: httpx.Client, sessions: sessionmaker[Session], body: str
 ) -> None:
     seed_person(sessions)
     before = snapshot(sessions)
-    answer = post_twilio(client, SMS_PATH, inbound(body))
+    inbound_sms = inbound(body)
+    answer = post_twilio(client, SMS_PATH, inbound_sms)
     assert answer.status_code == 200
     assert answer.text == EMPTY_TWIML
+    after = snapshot(sessions)
+    for unchanged in ("consent", "suppressions", "nudges", "supporters"):
+        assert after[unchanged] == before[unchanged]
+    (task,) = ledger(sessions, "task.created")
+    sid = inbound_sms["MessageSid"]
+    assert (task["supporter_id"], task["kind"], task["priority"]) == (
+        SID,
+        "read_sms_reply",
+        "high",
+    )
+    assert sid in task["reason"]
+    assert not body.strip() or body.strip() not in task["reason"]  # the text stays in Twilio
+    # Twilio retries the same message: still one task.
+    post_twilio(client, SMS_PATH, inbound_sms)
+    assert len(ledger(sessions, "task.created")) == 1
+
+
+def test_a_reply_from_an_unknown_number_makes_no_task(
+    client: httpx.Client, sessions: sessionmaker[Session]
+) -> None:
+    before = snapshot(sessions)
+    assert post_twilio(client, SMS_PATH, inbound("who is this?")).status_code == 200
     assert snapshot(sessions) == before
 
 
