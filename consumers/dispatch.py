@@ -43,6 +43,7 @@ from consumers.repository import (
     lock_supporters,
     nudges_to_reconcile,
     recent_sends,
+    renew_claim,
     settle_nudge,
     write_outbox,
 )
@@ -212,6 +213,10 @@ class Dispatcher:
         limit = self.limits.get(nudge.channel)
         if limit is not None:
             limit.acquire()
+        with self.sessions.begin() as session:
+            if not renew_claim(session, nudge.nudge_id, self.clock()):
+                log.warning("nudge.claim_lost", nudge_id=nudge.nudge_id)
+                return "claim_lost"
         try:
             result = sender.send(message)
         except SendError as exc:

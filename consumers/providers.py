@@ -6,6 +6,7 @@ import email.utils
 import http.client
 import json
 import math
+import threading
 import time
 import urllib.error
 from datetime import datetime, timedelta
@@ -190,10 +191,11 @@ class TwilioSmsSender:
         """``status_callback``: the public URL of ``/webhooks/twilio/status``, so delivery
         reports come back for every message."""
         self._status_callback = status_callback
+        self._http = _HeadersKeepingClient(timeout=timeout_s)
         self._client = TwilioClient(
             account_sid,
             auth_token,
-            http_client=TwilioHttpClient(timeout=timeout_s),
+            http_client=self._http,
             # A non-empty mapping, so the SDK does not read TWILIO_REGION / TWILIO_EDGE from
             # os.environ (an empty one falls back to it); configuration comes from Settings.
             environment={"TWILIO_REGION": "", "TWILIO_EDGE": ""},
@@ -213,7 +215,10 @@ class TwilioSmsSender:
                 status_callback=self._status_callback or values.unset,
             )
         except TwilioException as exc:
-            raise _twilio_error(exc, message.nudge_id) from None
+            error = _twilio_error(exc, message.nudge_id)
+            if error.retryable:
+                error.retry_after_s = retry_after_seconds(self._http.last_headers(), time.time())
+            raise error from None
         except requests.ConnectTimeout:
             raise SendError(
                 f"Twilio unreachable for nudge {message.nudge_id}: connect timed out",
@@ -263,6 +268,25 @@ class TwilioSmsSender:
             if item.body == message.body and (created is None or created >= since):
                 return SendResult(provider=self.provider, message_id=str(item.sid))
         return None
+
+
+class _HeadersKeepingClient(TwilioHttpClient):  # type: ignore[misc]  # untyped SDK class
+    """Twilio's HTTP client, keeping the last response's headers (per thread): its exceptions
+    carry none, and a 429's ``Retry-After`` should pause the channel."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self._seen = threading.local()
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        self._seen.headers = None
+        response = super().request(*args, **kwargs)
+        self._seen.headers = response.headers
+        return response
+
+    def last_headers(self) -> _Headers | None:
+        headers: _Headers | None = getattr(self._seen, "headers", None)
+        return headers
 
 
 def _twilio_error(exc: TwilioException, nudge_id: str) -> SendError:

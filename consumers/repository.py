@@ -205,15 +205,37 @@ def claim_nudges(
 
 
 def lock_supporters(session: Session, supporter_ids: Sequence[str]) -> None:
-    """Serialise senders per supporter for the caps (PostgreSQL row locks, in id order; SQLite
-    holds one write lock for the whole transaction anyway)."""
-    if supporter_ids and session.get_bind().dialect.name == "postgresql":
+    """Serialise senders per supporter before the caps are read: PostgreSQL row locks, in id
+    order. SQLite's driver opens its transaction at the first write, so a read before it is
+    outside any lock: a write that matches no row takes the database's write lock first."""
+    if not supporter_ids:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         session.execute(
             select(Supporter.supporter_id)
             .where(Supporter.supporter_id.in_(supporter_ids))
             .order_by(Supporter.supporter_id)
             .with_for_update()
         )
+    elif dialect == "sqlite":
+        session.execute(
+            update(Supporter)
+            .where(Supporter.supporter_id.is_(None))
+            .values(supporter_id=Supporter.supporter_id)
+        )
+
+
+def renew_claim(session: Session, nudge_id: str, now: datetime) -> bool:
+    """Restart a claim's lease just before its provider call (a batch may have waited on the
+    rate limit); False when the claim was lost meanwhile (expired and taken over)."""
+    renewed = session.execute(
+        update(Nudge)
+        .where(Nudge.nudge_id == nudge_id, Nudge.status == "sending")
+        .values(sending_since=now)
+        .returning(Nudge.nudge_id)
+    ).first()
+    return renewed is not None
 
 
 def recent_sends(
