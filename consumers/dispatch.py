@@ -186,7 +186,7 @@ class Dispatcher:
                     not_before=plan.nudge.not_before if plan.status == "held" else None,
                 )
         for plan, sender in to_send:
-            statuses[plan.nudge.nudge_id] = self._send(plan, sender)
+            statuses[plan.nudge.nudge_id] = self._send(plan, sender, now)
         return [statuses[p.nudge.nudge_id] for p in plans if p.nudge.nudge_id in statuses]
 
     def _check(self, plan: _Plan, granted: bool, blocked: bool) -> None:
@@ -206,15 +206,16 @@ class Dispatcher:
         plan.reason_code, plan.reason = decision.reason_code, decision.reason
         plan.nudge.not_before = decision.not_before
 
-    def _send(self, plan: _Plan, sender: Sender) -> str:
-        """Call the provider (after its rate limit) and record what it said."""
+    def _send(self, plan: _Plan, sender: Sender, claimed_at: datetime) -> str:
+        """Call the provider (after its rate limit) and record what it said; only while the
+        claim made at ``claimed_at`` is still this sender's."""
         nudge, message = plan.nudge, plan.message
         assert message is not None
         limit = self.limits.get(nudge.channel)
         if limit is not None:
             limit.acquire()
         with self.sessions.begin() as session:
-            if not renew_claim(session, nudge.nudge_id, self.clock()):
+            if not renew_claim(session, nudge.nudge_id, claimed_at, self.clock()):
                 log.warning("nudge.claim_lost", nudge_id=nudge.nudge_id)
                 return "claim_lost"
         try:

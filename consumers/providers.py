@@ -9,7 +9,7 @@ import math
 import threading
 import time
 import urllib.error
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 import requests
@@ -170,7 +170,9 @@ class SendGridEmailSender:
             ) from None
         for item in found:
             if isinstance(item, dict) and item.get("msg_id"):
-                return SendResult(provider=self.provider, message_id=str(item["msg_id"]))
+                # The activity id extends the X-Message-Id a send returns; keep that part.
+                message_id = str(item["msg_id"]).split(".", 1)[0]
+                return SendResult(provider=self.provider, message_id=message_id)
         return None
 
 
@@ -250,12 +252,8 @@ class TwilioSmsSender:
         """Look for a message to the same number, from our number, with the same body,
         created at or after ``since`` (Twilio has no key of ours to search by)."""
         try:
-            listed = self._client.messages.list(
-                to=message.to,
-                from_=self._from_number,
-                date_sent_after=since - timedelta(minutes=1),
-                limit=50,
-            )
+            # Not filtered on DateSent: a message Twilio still queues has none yet.
+            listed = self._client.messages.list(to=message.to, from_=self._from_number, limit=50)
         except TwilioException as exc:
             raise _twilio_error(exc, message.nudge_id) from None
         except requests.RequestException as exc:

@@ -226,12 +226,17 @@ def lock_supporters(session: Session, supporter_ids: Sequence[str]) -> None:
         )
 
 
-def renew_claim(session: Session, nudge_id: str, now: datetime) -> bool:
+def renew_claim(session: Session, nudge_id: str, claimed_at: datetime, now: datetime) -> bool:
     """Restart a claim's lease just before its provider call (a batch may have waited on the
-    rate limit); False when the claim was lost meanwhile (expired and taken over)."""
+    rate limit); False when the claim made at ``claimed_at`` was lost meanwhile (expired, and
+    perhaps claimed again by another sender, whose claim has another time)."""
     renewed = session.execute(
         update(Nudge)
-        .where(Nudge.nudge_id == nudge_id, Nudge.status == "sending")
+        .where(
+            Nudge.nudge_id == nudge_id,
+            Nudge.status == "sending",
+            Nudge.sending_since == claimed_at,
+        )
         .values(sending_since=now)
         .returning(Nudge.nudge_id)
     ).first()
