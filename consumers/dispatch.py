@@ -47,7 +47,7 @@ from consumers.repository import (
     settle_nudge,
     write_outbox,
 )
-from infra.consent import consent_record, ledger_row, suppress, suppressed
+from infra.consent import consent_record, contact_key, ledger_row, suppress, suppressed
 from infra.db import Nudge, Supporter
 from schemas.events import ConsentChanged, MessageState, MessageStatus
 from schemas.identity import opt_out_token
@@ -387,6 +387,7 @@ class Dispatcher:
             context["first_name"] = person.first_name
         if person.area and "area" not in context:
             context["area"] = person.area
+        nudge.recipient = contact_key(self.link_key, nudge.channel, address)
         sms_opt_out = None
         if nudge.channel == "sms" and self.sms_opt_out_link:
             nudge.opt_out_code = self.opt_out_code(nudge.nudge_id)
@@ -437,6 +438,7 @@ class Dispatcher:
             sent_at=now if status == "sent" else None,
             attempts=attempts,
             opt_out_code=nudge.opt_out_code,
+            recipient=nudge.recipient,
             expect=expect,
         )
         if moved:

@@ -278,6 +278,7 @@ def settle_nudge(
     sent_at: datetime | None = None,
     attempts: int | None = None,
     opt_out_code: str | None = None,
+    recipient: str | None = None,
     expect: Sequence[str] = ("sending",),
 ) -> bool:
     """Move a nudge on from one of the ``expect`` statuses; False when it was not in one (a
@@ -297,6 +298,7 @@ def settle_nudge(
         "sent_at": sent_at,
         "attempts": attempts,
         "opt_out_code": opt_out_code,
+        "recipient": recipient,
     }
     values.update({k: v for k, v in optional.items() if v is not None})
     moved = session.execute(

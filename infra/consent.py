@@ -60,9 +60,16 @@ def suppress(
     now: datetime,
 ) -> None:
     """Put the address on the channel's suppression list (again, if it was lifted)."""
+    suppress_contact(session, channel, contact_key(key, channel, address), reason, source, now)
+
+
+def suppress_contact(
+    session: Session, channel: str, contact: str, reason: str, source: str, now: datetime
+) -> None:
+    """``suppress`` by the address's keyed hash (``contact_key``), as a nudge records it."""
     statement = dialect_insert(session, Suppression).values(
         channel=channel,
-        contact=contact_key(key, channel, address),
+        contact=contact,
         reason=reason[:200],
         source=source[:100],
         created_at=now,

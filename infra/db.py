@@ -153,6 +153,9 @@ class Nudge(Base):
     delivery_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     opt_out_code: Mapped[str | None] = mapped_column(String(16), unique=True)
     """The short opt-out link's code (``/o/{code}``), for SMS from a one-way sender."""
+    recipient: Mapped[str | None] = mapped_column(String(80))
+    """The keyed hash of the address it went to (infra.consent.contact_key): an opt-out from
+    this message suppresses that address, even if the supporter's has changed since."""
 
     __table_args__ = (Index("ix_nudges_supporter_sent", "supporter_id", "channel", "sent_at"),)
 

@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from infra.consent import suppress
+from infra.consent import suppress, suppress_contact
 from infra.db import Nudge, Supporter
 from producers.ledger import record_events, survivor_of
 from schemas.events import ConsentChanged
@@ -45,10 +45,14 @@ def withdraw(session: Session, nudge_id: str, source: str, key: str | None = Non
     if nudge is None:
         return None
     now = datetime.now(UTC)
-    person = session.get(Supporter, nudge.supporter_id)
-    address = (person.email if nudge.channel == "email" else person.phone) if person else None
-    if key is not None and address:
-        suppress(session, key, nudge.channel, address, "opted out by link", source, now)
+    reason = "opted out by link"
+    if key is not None and nudge.recipient:  # the address this message went to
+        suppress_contact(session, nudge.channel, nudge.recipient, reason, source, now)
+    elif key is not None:  # never sent (or sent before recipients were kept): theirs now
+        person = session.get(Supporter, nudge.supporter_id)
+        address = (person.email if nudge.channel == "email" else person.phone) if person else None
+        if address:
+            suppress(session, key, nudge.channel, address, reason, source, now)
     withdrawn = ConsentChanged.model_validate(
         {
             "event_time": now,

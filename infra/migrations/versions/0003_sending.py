@@ -24,6 +24,7 @@ _NUDGE_COLUMNS = (
     ("delivery_status", sa.String(length=20)),
     ("delivery_updated_at", infra.db.UTCDateTime(timezone=True)),
     ("opt_out_code", sa.String(length=16)),
+    ("recipient", sa.String(length=80)),
 )
 
 
