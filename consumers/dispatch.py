@@ -299,12 +299,16 @@ class Dispatcher:
     # --- recovery ------------------------------------------------------------------------
 
     def reconcile(self, limit: int = 200) -> dict[str, int]:
-        """Claims older than the lease become ambiguous; ambiguous nudges old enough are
-        looked up at their provider: sent when it has them, pending again when it has not."""
+        """Claims older than the lease become ambiguous if their provider call had begun, else
+        pending again ("released"); ambiguous nudges old enough are looked up at their
+        provider: sent when it has them, pending again when it has not."""
         now = self.clock()
-        counts = {"expired": 0, "confirmed": 0, "resend": 0, "unknown": 0}
+        counts = {"expired": 0, "released": 0, "confirmed": 0, "resend": 0, "unknown": 0}
         with self.sessions.begin() as session:
-            for nudge in expire_claims(session, now - timedelta(seconds=self.policy.lease_s)):
+            expired, counts["released"] = expire_claims(
+                session, now - timedelta(seconds=self.policy.lease_s)
+            )
+            for nudge in expired:
                 counts["expired"] += 1
                 self._event(
                     session,

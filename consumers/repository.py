@@ -198,7 +198,7 @@ def claim_nudges(
                 Nudge.status.in_(DUE),
                 or_(Nudge.not_before.is_(None), Nudge.not_before <= now),
             )
-            .values(status="sending", sending_since=now)
+            .values(status="sending", sending_since=now, in_call=False)
             .returning(Nudge.nudge_id)
         )
     )
@@ -237,7 +237,7 @@ def renew_claim(session: Session, nudge_id: str, claimed_at: datetime, now: date
             Nudge.status == "sending",
             Nudge.sending_since == claimed_at,
         )
-        .values(sending_since=now)
+        .values(sending_since=now, in_call=True)
         .returning(Nudge.nudge_id)
     ).first()
     return renewed is not None
@@ -310,13 +310,33 @@ def settle_nudge(
     return moved is not None
 
 
-def expire_claims(session: Session, claimed_before: datetime) -> list[Nudge]:
-    """Nudges a sender claimed before ``claimed_before`` and never settled (it died mid-call):
-    now ambiguous, as nobody knows whether the provider took them."""
+def expire_claims(session: Session, claimed_before: datetime) -> tuple[list[Nudge], int]:
+    """Claims made before ``claimed_before`` and never settled: the sender died. Those whose
+    provider call had begun are ambiguous now, as nobody knows whether the provider took them
+    (returned); those never called are simply pending again (counted): a crash mid-batch does
+    not make the rest of the batch wait for a lookup."""
+    released = session.execute(
+        update(Nudge)
+        .where(
+            Nudge.status == "sending",
+            Nudge.sending_since < claimed_before,
+            Nudge.in_call.is_(False),
+        )
+        .values(
+            status="pending",
+            reason_code="claim_expired",
+            reason="claimed, but the sender stopped before calling the provider",
+        )
+        .returning(Nudge.nudge_id)
+    ).all()
     ids = list(
         session.scalars(
             update(Nudge)
-            .where(Nudge.status == "sending", Nudge.sending_since < claimed_before)
+            .where(
+                Nudge.status == "sending",
+                Nudge.sending_since < claimed_before,
+                Nudge.in_call.is_(True),
+            )
             .values(
                 status="ambiguous",
                 reason_code="lease_expired",
@@ -325,7 +345,8 @@ def expire_claims(session: Session, claimed_before: datetime) -> list[Nudge]:
             .returning(Nudge.nudge_id)
         )
     )
-    return list(session.scalars(select(Nudge).where(Nudge.nudge_id.in_(ids)))) if ids else []
+    expired = list(session.scalars(select(Nudge).where(Nudge.nudge_id.in_(ids)))) if ids else []
+    return expired, len(released)
 
 
 def nudges_to_reconcile(session: Session, sent_before: datetime, limit: int) -> list[Nudge]:

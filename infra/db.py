@@ -22,6 +22,7 @@ from sqlalchemy import (
     Uuid,
     create_engine,
     event,
+    false,
     inspect,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -153,6 +154,8 @@ class Nudge(Base):
     delivery_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     opt_out_code: Mapped[str | None] = mapped_column(String(16), unique=True)
     """The short opt-out link's code (``/o/{code}``), for SMS from a one-way sender."""
+    in_call: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Set just before the provider call: an expired claim without it was never sent."""
     recipient: Mapped[str | None] = mapped_column(String(80))
     """The keyed hash of the address it went to (infra.consent.contact_key): an opt-out from
     this message suppresses that address, even if the supporter's has changed since."""

@@ -35,7 +35,7 @@ from consumers.dispatch import Dispatcher, SendingPolicy
 from consumers.messages import OutgoingMessage, Sender, SendError, SendResult
 from consumers.providers import SendGridEmailSender, TwilioSmsSender
 from consumers.rendering import TemplateBook
-from consumers.repository import store_nudges
+from consumers.repository import claim_nudges, store_nudges
 from consumers.runner import ConsumerWorker
 from infra.broker import EmbeddedBroker
 from infra.db import ConsentRecord, LedgerEvent, Nudge, Supporter
@@ -181,7 +181,7 @@ def rig(stub: StubProviders, sessions: sessionmaker[Session]) -> Rig:
 
 
 def nothing_done() -> dict[str, int]:
-    return {"expired": 0, "confirmed": 0, "resend": 0, "unknown": 0}
+    return {"expired": 0, "released": 0, "confirmed": 0, "resend": 0, "unknown": 0}
 
 
 def send_without_answer(rig: Rig, channel: Channel) -> None:
@@ -392,6 +392,23 @@ def test_a_sender_killed_mid_call_leaves_a_claim_that_expires_and_is_reconciled(
     assert rig.dispatcher.reconcile() == nothing_done()
 
 
+@CHANNELS
+def test_a_claim_whose_sender_died_before_calling_is_released_without_a_lookup(
+    rig: Rig, channel: Channel
+) -> None:
+    """A sender claims a batch and dies before its first provider call: nothing can have gone,
+    so after the lease the nudge is simply pending again, and sent once."""
+    with rig.sessions.begin() as session:
+        assert claim_nudges(session, [NUDGES[channel]], rig.clock.now) == {NUDGES[channel]}
+    rig.clock.advance(LEASE_S + 1)
+    assert rig.dispatcher.reconcile() == {**nothing_done(), "released": 1}
+    row = rig.status(channel)
+    assert (row.status, row.reason_code, row.in_call) == ("pending", "claim_expired", False)
+    assert rig.lookups() == 0
+    assert rig.dispatcher.dispatch(NUDGES[channel]) == "sent"
+    assert rig.sends(channel) == 1 and rig.posts() == 1
+
+
 class SlowFirstCall:
     """A sender whose first call outlives the lease: while it hangs, ``meanwhile`` runs."""
 
@@ -417,7 +434,9 @@ def test_a_sender_whose_claim_expired_meanwhile_does_not_send_it_too(rig: Rig) -
     def other_sender_runs() -> None:
         rig.clock.advance(RECONCILE_AFTER_S + 1)
         counts = rig.dispatcher.reconcile()
-        assert counts == {**nothing_done(), "expired": 2, "confirmed": 1, "resend": 1}
+        # The first nudge's call had begun: ambiguous, then found. The second was only
+        # claimed: released at once, no lookup.
+        assert counts == {**nothing_done(), "expired": 1, "released": 1, "confirmed": 1}
         assert rig.dispatcher.dispatch_pending() == 1
 
     senders = real_senders(rig.stub.url)
@@ -467,7 +486,9 @@ def test_a_sender_whose_claim_was_taken_over_does_not_send_it_too(rig: Rig) -> N
     def other_sender_takes_over() -> None:
         rig.clock.advance(RECONCILE_AFTER_S + 1)
         counts = second.reconcile()
-        assert counts == {**nothing_done(), "expired": 2, "confirmed": 1, "resend": 1}
+        # The first nudge's call had begun: ambiguous, then found. The second was only
+        # claimed: released at once, no lookup.
+        assert counts == {**nothing_done(), "expired": 1, "released": 1, "confirmed": 1}
         thread = threading.Thread(target=second.dispatch_pending)
         thread.start()
         running.append(thread)

@@ -33,6 +33,9 @@ def upgrade() -> None:
         for name, type_ in _NUDGE_COLUMNS:
             batch.add_column(sa.Column(name, type_, nullable=True))
         batch.add_column(sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(
+            sa.Column("in_call", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
         batch.create_unique_constraint("uq_nudges_opt_out_code", ["opt_out_code"])
     op.create_index("ix_nudges_provider_message_id", "nudges", ["provider_message_id"])
     op.create_index("ix_nudges_sent_at", "nudges", ["sent_at"])
@@ -69,6 +72,7 @@ def downgrade() -> None:
     op.drop_index("ix_nudges_provider_message_id", table_name="nudges")
     with op.batch_alter_table("nudges") as batch:
         batch.drop_constraint("uq_nudges_opt_out_code", type_="unique")
+        batch.drop_column("in_call")
         batch.drop_column("attempts")
         for name, _ in reversed(_NUDGE_COLUMNS):
             batch.drop_column(name)
