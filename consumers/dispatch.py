@@ -251,17 +251,31 @@ class Dispatcher:
                 if exc.retry_after_s is not None and nudge.channel in self.limits:
                     self.limits[nudge.channel].pause(exc.retry_after_s)
                 retry_at = now + timedelta(seconds=delay)
-                settle_nudge(
+                reason = (
+                    f"{exc}; attempt {attempts} of {self.policy.max_attempts}, "
+                    f"next at {retry_at:%H:%M:%S} UTC"
+                )
+                moved = settle_nudge(
                     session,
                     nudge.nudge_id,
                     "pending",
                     reason_code="retrying",
-                    reason=f"{exc}; attempt {attempts} of {self.policy.max_attempts}, "
-                    f"next at {retry_at:%H:%M:%S} UTC",
+                    reason=reason,
                     not_before=retry_at,
                     attempts=attempts,
                     expect=("sending",),
                 )
+                if moved:  # analysts see each refused attempt, and why
+                    self._event(
+                        session,
+                        nudge,
+                        "retrying",
+                        now,
+                        "retrying",
+                        reason,
+                        sender.provider,
+                        error_code=str(exc.code or exc.status or "") or None,
+                    )
                 log.info("nudge.retry", nudge_id=nudge.nudge_id, attempt=attempts, delay_s=delay)
                 return "pending"
             code = "provider_refused"

@@ -428,6 +428,7 @@ class TaskCreated(Event):
 
 MessageState = Literal[
     "held",
+    "retrying",
     "skipped",
     "sent",
     "failed",

@@ -301,7 +301,7 @@ def test_sendgrid_429_waits_for_retry_after_then_sends_once(
     assert row.provider_message_id is not None and row.provider_message_id.startswith("sg-")
     assert row.sent_at == T0 + timedelta(seconds=7)
     assert sent_to_stub(stub) == ["n1", "n1"]
-    assert decisions(sessions, "n1") == [("sent", None)]  # a retry is no decision for analysts
+    assert decisions(sessions, "n1") == [("retrying", "retrying"), ("sent", None)]
 
 
 def test_a_429_pauses_every_later_send_on_the_channel(
@@ -379,7 +379,7 @@ def test_twilio_rate_limit_is_retried_after_the_backoff(
     assert (row.status, row.provider) == ("sent", "twilio")
     assert row.provider_message_id is not None and row.provider_message_id.startswith("SM")
     assert sent_to_stub(stub) == [phone(1), phone(1)]
-    assert decisions(sessions, "n1") == [("sent", None)]
+    assert decisions(sessions, "n1") == [("retrying", "retrying"), ("sent", None)]
 
 
 @pytest.mark.parametrize(
@@ -422,7 +422,8 @@ def test_after_max_attempts_a_retryable_failure_gives_up(
     clock.now += timedelta(days=1)
     assert stage.dispatch_pending() == 0
     assert len(stub.requests) == 3  # max_attempts calls, then none
-    [final] = [e for e in ledger(sessions, "message.status") if e["nudge_id"] == "n1"]
+    *retries, final = [e for e in ledger(sessions, "message.status") if e["nudge_id"] == "n1"]
+    assert [(e["status"], e["error_code"]) for e in retries] == [("retrying", error_code)] * 2
     assert (final["status"], final["reason_code"], final["error_code"]) == (
         "failed",
         "gave_up",
@@ -504,7 +505,7 @@ def test_server_errors_back_off_exponentially(
     assert stage.dispatch("n1") == "sent"
     assert len(stub.requests) == 4
     assert nudge_row(sessions, "n1").attempts == 3  # failed attempts; the fourth went
-    assert decisions(sessions, "n1") == [("sent", None)]
+    assert decisions(sessions, "n1") == [("retrying", "retrying")] * 3 + [("sent", None)]
 
 
 # --- refusals: failed at once -----------------------------------------------------------------
@@ -620,7 +621,7 @@ def test_a_refused_connection_is_retried_not_ambiguous(
     assert (row.status, row.reason_code, row.attempts) == ("pending", "retrying", 1)
     assert row.reason is not None and "unreachable" in row.reason
     assert row.not_before == T0 + timedelta(seconds=SendingPolicy().backoff_s)
-    assert decisions(sessions, "n1") == []  # nothing went: no ambiguity to record
+    assert decisions(sessions, "n1") == [("retrying", "retrying")]  # nothing went: not ambiguous
 
     # Once the provider is back (the same nudge, a sender that reaches it), it goes once.
     up = make_dispatcher(sessions, templates, {channel: sender_for(channel, stub.url)}, clock)
@@ -629,7 +630,7 @@ def test_a_refused_connection_is_retried_not_ambiguous(
     assert up.dispatch_pending() == 1
     assert nudge_row(sessions, "n1").status == "sent"
     assert len(stub.requests) == 1
-    assert decisions(sessions, "n1") == [("sent", None)]
+    assert decisions(sessions, "n1") == [("retrying", "retrying"), ("sent", None)]
 
 
 # --- Twilio 21610: the number replied STOP -----------------------------------------------------
