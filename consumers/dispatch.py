@@ -45,11 +45,12 @@ from consumers.repository import (
     recent_sends,
     renew_claim,
     settle_nudge,
+    status_row,
     write_outbox,
 )
 from infra.consent import consent_record, contact_key, ledger_row, suppress, suppressed
 from infra.db import Nudge, Supporter
-from schemas.events import ConsentChanged, MessageState, MessageStatus
+from schemas.events import ConsentChanged, MessageState
 from schemas.identity import opt_out_token
 
 log = structlog.get_logger(__name__)
@@ -266,15 +267,17 @@ class Dispatcher:
                     expect=("sending",),
                 )
                 if moved:  # analysts see each refused attempt, and why
-                    self._event(
-                        session,
-                        nudge,
-                        "retrying",
-                        now,
-                        "retrying",
-                        reason,
-                        sender.provider,
-                        error_code=str(exc.code or exc.status or "") or None,
+                    error_code = str(exc.code or exc.status or "") or None
+                    session.add(
+                        status_row(
+                            nudge,
+                            "retrying",
+                            now,
+                            "retrying",
+                            reason,
+                            sender.provider,
+                            error_code=error_code,
+                        )
                     )
                 log.info("nudge.retry", nudge_id=nudge.nudge_id, attempt=attempts, delay_s=delay)
                 return "pending"
@@ -324,14 +327,7 @@ class Dispatcher:
             )
             for nudge in expired:
                 counts["expired"] += 1
-                self._event(
-                    session,
-                    nudge,
-                    "ambiguous",
-                    now,
-                    "lease_expired",
-                    "the sender stopped during the provider call",
-                )
+                session.add(status_row(nudge, "ambiguous", now, nudge.reason_code, nudge.reason))
         cutoff = now - timedelta(seconds=self.policy.reconcile_after_s)
         with self.sessions() as session:
             waiting = nudges_to_reconcile(session, cutoff, limit)
@@ -460,16 +456,18 @@ class Dispatcher:
             expect=expect,
         )
         if moved:
-            self._event(
-                session,
-                nudge,
-                status,
-                now,
-                reason_code,
-                reason,
-                provider,
-                provider_message_id,
-                error_code,
+            state = cast(MessageState, status)
+            session.add(
+                status_row(
+                    nudge,
+                    state,
+                    now,
+                    reason_code,
+                    reason,
+                    provider,
+                    provider_message_id,
+                    error_code,
+                )
             )
         log.info(
             "nudge.dispatched",
@@ -481,31 +479,3 @@ class Dispatcher:
             reason=reason,
         )
         return status
-
-    @staticmethod
-    def _event(
-        session: Session,
-        nudge: Nudge,
-        status: str,
-        now: datetime,
-        reason_code: str | None,
-        reason: str | None,
-        provider: str | None = None,
-        provider_message_id: str | None = None,
-        error_code: str | None = None,
-    ) -> None:
-        state = cast(MessageState, status)
-        event = MessageStatus(
-            event_time=now,
-            nudge_id=nudge.nudge_id,
-            supporter_id=nudge.supporter_id,
-            channel=nudge.channel,
-            rule=nudge.rule,
-            status=state,
-            reason_code=reason_code,
-            reason=reason[:500] if reason else None,
-            provider=provider,
-            provider_message_id=provider_message_id,
-            error_code=error_code,
-        )
-        session.add(ledger_row(event, now))

@@ -15,6 +15,7 @@ from infra.consent import ledger_row
 from infra.db import (
     ConsentRecord,
     FollowUpTask,
+    LedgerEvent,
     Nudge,
     OutboxMessage,
     Supporter,
@@ -22,7 +23,13 @@ from infra.db import (
     dialect_insert,
     insert_ignoring_duplicates,
 )
-from schemas.events import EngagementScored, MessageStatus, NudgeRequested, TaskCreated
+from schemas.events import (
+    EngagementScored,
+    MessageState,
+    MessageStatus,
+    NudgeRequested,
+    TaskCreated,
+)
 
 HELD_OUT = "held_out"
 """Status of a nudge or task whose supporter is in the rule's hold-out group: the decision is
@@ -310,43 +317,39 @@ def settle_nudge(
     return moved is not None
 
 
+_EXPIRED = {
+    False: (
+        "pending",
+        "claim_expired",
+        "claimed, but the sender stopped before calling the provider",
+    ),
+    True: ("ambiguous", "lease_expired", "the sender stopped during the provider call"),
+}
+"""What an expired claim becomes, by whether its provider call had begun (``in_call``)."""
+
+
 def expire_claims(session: Session, claimed_before: datetime) -> tuple[list[Nudge], int]:
     """Claims made before ``claimed_before`` and never settled: the sender died. Those whose
     provider call had begun are ambiguous now, as nobody knows whether the provider took them
-    (returned); those never called are simply pending again (counted): a crash mid-batch does
-    not make the rest of the batch wait for a lookup."""
-    released = session.execute(
-        update(Nudge)
-        .where(
-            Nudge.status == "sending",
-            Nudge.sending_since < claimed_before,
-            Nudge.in_call.is_(False),
-        )
-        .values(
-            status="pending",
-            reason_code="claim_expired",
-            reason="claimed, but the sender stopped before calling the provider",
-        )
-        .returning(Nudge.nudge_id)
-    ).all()
-    ids = list(
-        session.scalars(
-            update(Nudge)
-            .where(
-                Nudge.status == "sending",
-                Nudge.sending_since < claimed_before,
-                Nudge.in_call.is_(True),
+    (returned, with their new reason); those never called are simply pending again (counted):
+    a crash mid-batch does not make the rest of the batch wait for a lookup."""
+    moved: dict[bool, list[str]] = {}
+    for in_call, (status, code, reason) in _EXPIRED.items():
+        moved[in_call] = list(
+            session.scalars(
+                update(Nudge)
+                .where(
+                    Nudge.status == "sending",
+                    Nudge.sending_since < claimed_before,
+                    Nudge.in_call.is_(in_call),
+                )
+                .values(status=status, reason_code=code, reason=reason)
+                .returning(Nudge.nudge_id)
             )
-            .values(
-                status="ambiguous",
-                reason_code="lease_expired",
-                reason="the sender stopped during the provider call",
-            )
-            .returning(Nudge.nudge_id)
         )
-    )
+    ids = moved[True]
     expired = list(session.scalars(select(Nudge).where(Nudge.nudge_id.in_(ids)))) if ids else []
-    return expired, len(released)
+    return expired, len(moved[False])
 
 
 def nudges_to_reconcile(session: Session, sent_before: datetime, limit: int) -> list[Nudge]:
@@ -358,21 +361,6 @@ def nudges_to_reconcile(session: Session, sent_before: datetime, limit: int) -> 
             .order_by(Nudge.sending_since)
             .limit(limit)
         )
-    )
-
-
-def set_nudge_status(
-    session: Session,
-    nudge_id: str,
-    status: str,
-    reason: str | None = None,
-    provider_message_id: str | None = None,
-) -> None:
-    """Set a nudge's status whatever it was (an operator's decision, ``engage nudges``)."""
-    session.execute(
-        update(Nudge)
-        .where(Nudge.nudge_id == nudge_id)
-        .values(status=status, reason=reason, provider_message_id=provider_message_id)
     )
 
 
@@ -524,15 +512,32 @@ def resolve_nudge(session: Session, nudge_id: str, action: str) -> str:
         expect=allowed,
     )
     if status != "pending":
-        event = MessageStatus(
-            event_time=now,
-            nudge_id=nudge.nudge_id,
-            supporter_id=nudge.supporter_id,
-            channel=nudge.channel,
-            rule=nudge.rule,
-            status="sent" if status == "sent" else "failed",
-            reason_code=code,
-            reason=reason,
-        )
-        session.add(ledger_row(event, now))
+        session.add(status_row(nudge, "sent" if status == "sent" else "failed", now, code, reason))
     return f"ok: nudge {nudge_id} is {status} now"
+
+
+def status_row(
+    nudge: Nudge,
+    status: MessageState,
+    now: datetime,
+    reason_code: str | None = None,
+    reason: str | None = None,
+    provider: str | None = None,
+    provider_message_id: str | None = None,
+    error_code: str | None = None,
+) -> LedgerEvent:
+    """The ledger row of a nudge's ``message.status`` event, for the caller's transaction."""
+    event = MessageStatus(
+        event_time=now,
+        nudge_id=nudge.nudge_id,
+        supporter_id=nudge.supporter_id,
+        channel=nudge.channel,
+        rule=nudge.rule,
+        status=status,
+        reason_code=reason_code,
+        reason=reason[:500] if reason else None,
+        provider=provider,
+        provider_message_id=provider_message_id,
+        error_code=error_code,
+    )
+    return ledger_row(event, now)

@@ -23,6 +23,7 @@ import infra.webapp
 from infra.broker import EmbeddedBroker
 from infra.db import make_engine, migrate, session_factory
 from infra.settings import Settings
+from tests.stub_providers import StubProviders
 
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 BROKER_PARTITIONS = 2
@@ -36,6 +37,21 @@ def pytest_configure(config: pytest.Config) -> None:
         "filterwarnings",
         "ignore:open_text is deprecated:DeprecationWarning:importlib.resources._legacy",
     )
+
+
+# --- the providers' stub ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def stub_providers(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubProviders]:
+    """The local SendGrid/Twilio stub, with the SDKs kept on loopback: no proxy, and no
+    TWILIO_REGION/TWILIO_EDGE rewriting the host."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.delenv("TWILIO_REGION", raising=False)
+    monkeypatch.delenv("TWILIO_EDGE", raising=False)
+    with StubProviders() as stub:
+        yield stub
 
 
 # --- databases -------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import base64
 import re
 import socket
 import time
-from collections.abc import Iterator
 from email.utils import formatdate
 from typing import Any
 
@@ -25,16 +24,6 @@ EMAIL = "jo.bloggs@example.org"
 PHONE = "+447700900123"
 OPT_OUT = "http://127.0.0.1:8000/unsubscribe/nudge-1"
 TIMEOUT_S = 0.5
-
-
-@pytest.fixture
-def stub_providers(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubProviders]:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.delenv("TWILIO_REGION", raising=False)
-    monkeypatch.delenv("TWILIO_EDGE", raising=False)
-    with StubProviders() as stub:
-        yield stub
 
 
 @pytest.fixture(scope="module")

@@ -95,13 +95,8 @@ class FakeMonotonic:
 
 
 @pytest.fixture
-def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubProviders]:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.delenv("TWILIO_REGION", raising=False)
-    monkeypatch.delenv("TWILIO_EDGE", raising=False)
-    with StubProviders() as providers:
-        yield providers
+def stub(stub_providers: StubProviders) -> StubProviders:
+    return stub_providers
 
 
 def sendgrid(url: str, timeout_s: float = TIMEOUT_S) -> SendGridEmailSender:
