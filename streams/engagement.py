@@ -276,9 +276,9 @@ class Engine:
                 built(
                     EngagementScored,
                     event_id=derived_event_id(event.event_id, "scored"),
-                    event_time=event.event_time
-                    if state.latest == at
-                    else to_datetime(state.latest),
+                    # The score's moment at the engine's resolution (whole seconds), the one
+                    # the read model compares: never the cause's own sub-second time.
+                    event_time=to_datetime(state.latest),
                     supporter_id=sid,
                     score=round(score, 6),
                     rung=names[state.rung],
