@@ -484,6 +484,13 @@ class _Webhooks:
             people = _supporters_with(session, self.key, "phone", phone)
             if not people or not _receipt(session, "twilio-reply", sid, now):
                 return {"outcome": "not_a_keyword", "tasks": 0}
+            areas: dict[str, str | None] = dict(
+                session.execute(
+                    select(Supporter.supporter_id, Supporter.area).where(
+                        Supporter.supporter_id.in_(people)
+                    )
+                ).all()
+            )
             tasks: list[Event] = [
                 TaskCreated(
                     event_id=_event_id("twilio-reply", sid, person),
@@ -494,6 +501,7 @@ class _Webhooks:
                     reason=f"Replied to a text (message {sid}): read it in Twilio and answer. "
                     "If they ask us to stop, that is an opt-out: record it.",
                     due_at=now + timedelta(days=1),
+                    area=areas.get(person),  # a queue filtered by area must not drop it
                     rule="inbound-sms-reply",
                     cause_event_id=_event_id("twilio-sms", sid),
                     priority="high",

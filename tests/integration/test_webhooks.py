@@ -261,11 +261,14 @@ def seed_person(
     phone: str | None = PHONE,
     consent: tuple[str, ...] = ("email", "sms"),
     link: bool = True,
+    area: str | None = "Hackney",
 ) -> None:
     """A supporter with contact details, consent given a day ago, and (optionally) the
     identity links ingest writes; without links they are like rows older than the links."""
     with sessions.begin() as session:
-        session.add(Supporter(supporter_id=sid, email=email, phone=phone, first_name="Jo"))
+        session.add(
+            Supporter(supporter_id=sid, email=email, phone=phone, first_name="Jo", area=area)
+        )
         for channel in consent:
             session.add(
                 ConsentRecord(
@@ -508,10 +511,11 @@ def test_anything_but_a_lone_keyword_changes_no_consent_but_asks_a_person_to_rea
         assert after[unchanged] == before[unchanged]
     (task,) = ledger(sessions, "task.created")
     sid = inbound_sms["MessageSid"]
-    assert (task["supporter_id"], task["kind"], task["priority"]) == (
+    assert (task["supporter_id"], task["kind"], task["priority"], task["area"]) == (
         SID,
         "read_sms_reply",
         "high",
+        "Hackney",  # routed like every other task of the supporter's
     )
     assert sid in task["reason"]
     assert not body.strip() or body.strip() not in task["reason"]  # the text stays in Twilio
