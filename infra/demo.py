@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,7 +19,7 @@ from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage, SupporterScore
 from infra.processes import Supervisor
@@ -173,6 +174,7 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
     sender = threading.Thread(target=traffic, name="simulate", daemon=True)
     view: LiveView | None = None
     snap: dict[str, Any] = {}
+    final: FinalCounts | None = None
     try:
         supervisor.start()
         console.print(f"API {supervisor.api_url} (docs at /docs), broker {supervisor.bootstrap}")
@@ -201,7 +203,8 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
                 time.sleep(0.5)
         if snap:
             _opt_outs_then_reimport(console, settings, supervisor)
-            _sending_decisions(console, supervisor)
+            final = _count_when_drained(supervisor)
+            console.print(_decisions_table(final))
     finally:
         if view is not None:
             view.close()
@@ -213,7 +216,8 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
             f"  events sent {result.sent}, accepted {result.accepted}, "
             f"rejected {result.rejected}, in {result.seconds:.1f}s"
         )
-    console.print(f"  nudges: {snap.get('nudges')}, follow-up tasks: {snap.get('task_count')}")
+    if final is not None:  # the same count as the table above: one moment, after draining
+        console.print(f"  {final.summary()}")
     engage = "engage" if shutil.which("engage") else os.path.relpath(sys.argv[0])
     _explain_top_supporter(console, settings, supervisor, engage)
     console.print("\n[bold]Where to look next[/bold]")
@@ -361,17 +365,67 @@ def _opt_outs_then_reimport(console: Console, settings: Settings, supervisor: Su
         time.sleep(0.5)
 
 
-def _sending_decisions(console: Console, supervisor: Supervisor) -> None:
-    """Nudges by what became of them and why, with one reason in words for each."""
-    with supervisor.sessions() as session:
+@dataclass(frozen=True)
+class FinalCounts:
+    """What became of the nudges, and how many tasks there are, counted once."""
+
+    decisions: list[tuple[str, str | None, int, str | None]]
+    """(status, reason code, nudges, one reason in words), by status then code."""
+    tasks: int
+
+    def by_status(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for status, _, count, _ in self.decisions:
+            totals[status] = totals.get(status, 0) + count
+        return totals
+
+    def summary(self) -> str:
+        states = ", ".join(f"{k} {v}" for k, v in sorted(self.by_status().items())) or "none"
+        return f"nudges: {states}; follow-up tasks: {self.tasks}"
+
+
+def count_outcomes(sessions: Any) -> FinalCounts:
+    """Nudges by status and reason, and the task count, in one read transaction."""
+    with sessions() as session:
         rows = session.execute(
             select(Nudge.status, Nudge.reason_code, func.count(), func.max(Nudge.reason))
             .group_by(Nudge.status, Nudge.reason_code)
             .order_by(Nudge.status, Nudge.reason_code)
         ).all()
+        tasks = session.scalar(select(func.count()).select_from(FollowUpTask)) or 0
+    return FinalCounts([(r[0], r[1], r[2], r[3]) for r in rows], tasks)
+
+
+def _count_when_drained(supervisor: Supervisor, timeout_s: float = 30.0) -> FinalCounts:
+    """Count once the pipeline has drained: the ledger all published, no nudge being sent or
+    due, and two reads a second apart that agree (or the timeout passed)."""
+    previous: FinalCounts | None = None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with supervisor.sessions() as session:
+            unpublished = session.scalar(
+                select(func.count()).select_from(LedgerEvent).where(~LedgerEvent.published)
+            )
+            busy = session.scalar(
+                select(func.count())
+                .select_from(Nudge)
+                .where(
+                    Nudge.status.in_(("pending", "sending")),
+                    or_(Nudge.not_before.is_(None), Nudge.not_before <= datetime.now(UTC)),
+                )
+            )
+        counts = count_outcomes(supervisor.sessions)
+        if (not unpublished and not busy and counts == previous) or time.monotonic() > deadline:
+            return counts
+        previous = counts
+        time.sleep(1.0)
+
+
+def _decisions_table(counts: FinalCounts) -> Table:
+    """Nudges by what became of them and why, with one reason in words for each."""
     table = Table(title="Sending decisions (engage nudges --status held,skipped)")
     for column in ("status", "why", "nudges", "for example"):
         table.add_column(column)
-    for status, code, count, reason in rows:
+    for status, code, count, reason in counts.decisions:
         table.add_row(status, code or "-", str(count), (reason or "")[:90])
-    console.print(table)
+    return table
