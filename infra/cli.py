@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -260,13 +261,32 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 # --- what a person runs against a running pipeline -----------------------------------
 
 
+def _aware_datetime(text: str) -> datetime:
+    """An ISO-8601 date and time with a time zone (``Z`` or an offset), for argparse."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 date and time: {text!r}") from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give a time zone, e.g. {text}Z or {text}+00:00")
+    return when
+
+
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     import dataclasses
-    from datetime import UTC, datetime, timedelta
 
     from producers.client import IngestClient
     from producers.simulator import simulate
 
+    # The events are a function of the seed, the start and the counts: the start is printed
+    # first (in UTC, whole seconds, as the simulator uses it) so that a run can be repeated.
+    start: datetime = args.start or datetime.now(UTC) - timedelta(days=args.days)
+    start = start.astimezone(UTC).replace(microsecond=0)
+    print(
+        f"simulating from {start.isoformat()}; "
+        f"repeat with --seed {args.seed} --start {start.isoformat()}",
+        file=sys.stderr,
+    )
     with IngestClient(_api_url(settings, args.url), settings.secret("api_token")) as client:
         report = simulate(
             client,
@@ -275,10 +295,11 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
             batch_size=args.batch,
             rate=args.rate,
             progress=sys.stderr.isatty(),
-            start=datetime.now(UTC) - timedelta(days=args.days),
+            start=start,
             days=args.days,
         )
-    print(json.dumps(dataclasses.asdict(report)))
+    summary = {"seed": args.seed, "start": start.isoformat(), **dataclasses.asdict(report)}
+    print(json.dumps(summary))
     return 0
 
 
@@ -573,7 +594,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=1)
     simulate.add_argument("--batch", type=int, default=500)
     simulate.add_argument("--rate", type=float, default=None, help="events per second")
-    simulate.add_argument("--days", type=int, default=28, help="simulated days, up to now")
+    simulate.add_argument(
+        "--start",
+        type=_aware_datetime,
+        default=None,
+        help="ISO-8601 start of the simulated days, with a time zone (default: --days days "
+        "before now); printed, so that the same --seed and --start repeat the same events",
+    )
+    simulate.add_argument("--days", type=int, default=28, help="simulated days from --start")
     simulate.add_argument("--url", help="API base URL (default: the running pipeline's)")
     simulate.set_defaults(run=cmd_simulate)
 

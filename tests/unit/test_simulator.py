@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import subprocess
+import sys
 import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import faker.generator
 import httpx
 import phonenumbers
 import pytest
+from faker import Faker
 from pydantic import TypeAdapter, ValidationError
 
 from producers.client import IngestClient
@@ -48,6 +55,50 @@ def test_same_seed_same_events_other_seed_other_events() -> None:
     other = generate_events(200, seed=8)
     assert {e["event_id"] for e in other}.isdisjoint(e["event_id"] for e in first)
     assert other != first
+
+
+ODD_START = datetime(2026, 5, 11, 14, 37, 21, tzinfo=UTC)  # not midnight, not DEFAULT_START
+
+
+def test_same_seed_and_start_same_events_whatever_the_global_random_state() -> None:
+    """The events are a function of (seed, start, counts) alone: the random module's and
+    Faker's shared generators, seeded or used in between, change nothing."""
+    first = generate_events(150, seed=11, start=ODD_START, days=10)
+    saved = random.getstate(), faker.generator.random.getstate()
+    try:
+        random.seed(999)
+        Faker.seed(999)
+        Faker("en_GB").name()
+        random.random()
+        again = generate_events(150, seed=11, start=ODD_START, days=10)
+    finally:
+        random.setstate(saved[0])
+        faker.generator.random.setstate(saved[1])
+    assert again == first  # every field of every event, in order
+    other = generate_events(150, seed=12, start=ODD_START, days=10)
+    assert other != first
+    assert {e["event_id"] for e in other}.isdisjoint(e["event_id"] for e in first)
+
+
+def test_same_seed_and_start_same_events_in_another_process_and_hash_seed() -> None:
+    """Nothing depends on set or dict order of strings (PYTHONHASHSEED) or on the process."""
+    code = (
+        "import json, sys; from datetime import datetime;"
+        "from producers.simulator import generate_events;"
+        "start = datetime.fromisoformat(sys.argv[1]);"
+        "print(json.dumps(generate_events(100, seed=4, start=start, days=10)))"
+    )
+    here = generate_events(100, seed=4, start=ODD_START, days=10)
+    for hash_seed in ("0", "1", "4242"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, ODD_START.isoformat()],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(done.stdout) == here, f"PYTHONHASHSEED={hash_seed}"
 
 
 def test_every_kind_the_simulator_makes_is_there_and_none_that_needs_an_id(
