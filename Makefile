@@ -19,8 +19,9 @@ test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check producers streams consumers schemas infra tests scripts
-	$(BIN)/ruff format --check producers streams consumers schemas infra tests scripts
+	$(BIN)/ruff check engage producers streams consumers schemas infra tests scripts
+	$(BIN)/ruff format --check engage producers streams consumers schemas infra tests scripts
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

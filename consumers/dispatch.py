@@ -48,8 +48,9 @@ from consumers.repository import (
     status_row,
     write_outbox,
 )
-from infra.consent import consent_record, contact_key, ledger_row, suppress, suppressed
+from infra.consent import consent_record, contact_key, suppress, suppressed
 from infra.db import Nudge, Supporter
+from infra.outbox import ledger_row
 from schemas.events import ConsentChanged, MessageState
 from schemas.identity import opt_out_token
 

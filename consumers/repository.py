@@ -11,9 +11,8 @@ from sqlalchemy import String, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from consumers.messages import OutgoingMessage
-from infra.consent import ledger_row
+from infra.consent import newest_consents
 from infra.db import (
-    ConsentRecord,
     FollowUpTask,
     LedgerEvent,
     Nudge,
@@ -23,6 +22,7 @@ from infra.db import (
     dialect_insert,
     insert_ignoring_duplicates,
 )
+from infra.outbox import ledger_row
 from schemas.events import (
     EngagementScored,
     MessageState,
@@ -366,18 +366,8 @@ def nudges_to_reconcile(session: Session, sent_before: datetime, limit: int) -> 
 
 def consented(session: Session, wanted: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
     """Which (supporter_id, channel) pairs have a newest consent record that grants."""
-    supporters = {supporter_id for supporter_id, _ in wanted}
-    if not supporters:
-        return set()
-    latest: dict[tuple[str, str], bool] = {}
-    rows = session.execute(
-        select(ConsentRecord.supporter_id, ConsentRecord.channel, ConsentRecord.granted)
-        .where(ConsentRecord.supporter_id.in_(supporters))
-        .order_by(ConsentRecord.recorded_at, ConsentRecord.id)
-    )
-    for supporter_id, channel, granted in rows:
-        latest[(supporter_id, channel)] = granted
-    return {pair for pair in wanted if latest.get(pair)}
+    latest = newest_consents(session, {supporter_id for supporter_id, _ in wanted})
+    return {pair for pair in wanted if (row := latest.get(pair)) is not None and row.granted}
 
 
 def contacts(session: Session, supporter_ids: Sequence[str]) -> dict[str, Supporter]:

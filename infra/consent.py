@@ -1,4 +1,6 @@
-"""Consent and suppression writes shared by the ingest ledger, the webhooks and the sender.
+"""The consent and suppression store: the one module that writes the ``consent`` and
+``suppressions`` tables and reads the newest consent, called by the ingest ledger, the
+webhooks and the sender alike (which may not import each other, so it lives with the tables).
 
 A suppression is keyed by the channel and the keyed hash of the address, never the address.
 """
@@ -12,8 +14,8 @@ from typing import Literal
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from infra.db import ConsentRecord, LedgerEvent, Suppression, dialect_insert
-from schemas.events import ConsentChanged, Event
+from infra.db import ConsentRecord, Suppression, dialect_insert
+from schemas.events import ConsentChanged
 from schemas.identity import contact_identity
 
 Channel = Literal["email", "sms"]
@@ -35,18 +37,6 @@ def consent_record(event: ConsentChanged, accepted_at: datetime) -> ConsentRecor
         wording_version=event.wording_version,
         recorded_at=min(event.event_time, accepted_at),
         event_id=event.event_id,
-    )
-
-
-def ledger_row(event: Event, accepted_at: datetime) -> LedgerEvent:
-    """An event for the relay to publish, written in the caller's transaction."""
-    return LedgerEvent(
-        event_id=event.event_id,
-        topic=event.topic,
-        key=event.key(),
-        payload=event.model_dump_json(),
-        accepted_at=accepted_at,
-        published=False,
     )
 
 
@@ -119,3 +109,25 @@ def suppressed(
         )
     )
     return {by_key[(channel, contact)] for channel, contact in rows}
+
+
+def newest_consents(
+    session: Session, supporter_ids: Iterable[str]
+) -> dict[tuple[str, str], ConsentRecord]:
+    """The newest consent record per (supporter, channel), the one that decides: by
+    ``recorded_at``, and on a tie the one recorded last. Every reader of consent asks here."""
+    ids = set(supporter_ids)
+    if not ids:
+        return {}
+    latest: dict[tuple[str, str], ConsentRecord] = {}
+    for row in session.scalars(
+        select(ConsentRecord)
+        .where(ConsentRecord.supporter_id.in_(ids))
+        .order_by(ConsentRecord.recorded_at, ConsentRecord.id)
+    ):
+        latest[(row.supporter_id, row.channel)] = row
+    return latest
+
+
+def latest_consent(session: Session, supporter_id: str, channel: str) -> ConsentRecord | None:
+    return newest_consents(session, [supporter_id]).get((supporter_id, channel))

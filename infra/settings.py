@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -108,13 +109,40 @@ class Settings(BaseSettings):
         return self.home / "run.json"
 
     def secret(self, name: str) -> str:
-        """Return the named secret, generating and keeping it under ``home`` when unset."""
+        """Return the named secret: the setting, or the file under ``home``, created (as
+        ``ensure_secrets`` does) when missing."""
         value: SecretStr | None = getattr(self, name)
         if value is not None:
             return value.get_secret_value()
         path = self.home / name
         if not path.exists():
-            self.home.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
+            create_secret_file(path)
         return path.read_text().strip()
+
+    def ensure_secrets(self) -> None:
+        """Create every generated secret that is neither set nor kept yet. The supervisor calls
+        this before it starts any child, so all children read the same keys."""
+        for name in GENERATED_SECRETS:
+            if getattr(self, name) is None:
+                create_secret_file(self.home / name)
+
+
+GENERATED_SECRETS = ("api_token", "identity_key")
+
+
+def create_secret_file(path: Path) -> bool:
+    """Write a new random secret to ``path`` unless it exists; False if another process got
+    there first (its secret stands). The file is 0600 from its first byte and appears whole:
+    written under a unique temporary name, then linked into place, which fails if it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from typing import Literal
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from infra.consent import consent_record, ledger_row
+from infra.consent import consent_record
 from infra.db import (
     ConsentRecord,
     IdentityLink,
@@ -20,6 +20,7 @@ from infra.db import (
     SupporterAlias,
     insert_ignoring_duplicates,
 )
+from infra.outbox import ledger_row
 from schemas.actions import action_kinds
 from schemas.events import (
     INGEST_TO_TOPIC,

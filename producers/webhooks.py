@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from twilio.request_validator import RequestValidator
 
-from infra.consent import lift_suppression, suppress
+from infra.consent import latest_consent, lift_suppression, suppress
 from infra.db import (
     ConsentRecord,
     IdentityLink,
@@ -372,15 +372,6 @@ def _supporters_with(
     return sorted(s for s in {survivor_of(session, i) for i in ids} if _SUPPORTER_ID.fullmatch(s))
 
 
-def _latest_consent(session: Session, sid: str, channel: str) -> ConsentRecord | None:
-    return session.scalars(
-        select(ConsentRecord)
-        .where(ConsentRecord.supporter_id == sid, ConsentRecord.channel == channel)
-        .order_by(ConsentRecord.recorded_at.desc(), ConsentRecord.id.desc())
-        .limit(1)
-    ).first()
-
-
 def _last_wording(session: Session, sid: str, channel: str) -> str | None:
     """The wording of the supporter's newest grant on the channel (what a START restores)."""
     return session.scalars(
@@ -463,7 +454,7 @@ class _Webhooks:
                 # Only what was withdrawn is restored: a START from someone who never gave
                 # consent on this channel lifts any suppression but grants nothing new.
                 for person in people:
-                    latest = _latest_consent(session, person, "sms")
+                    latest = latest_consent(session, person, "sms")
                     if latest is not None and not latest.granted:
                         wording = _last_wording(session, person, "sms")
                         events.append(self._consent(sid, person, "sms", True, source, now, wording))

@@ -12,7 +12,7 @@ import json
 import time
 from types import SimpleNamespace
 
-from infra.bench.pipeline import topic_events
+from engage.bench.pipeline import topic_events
 from streams.engagement import Engine
 from streams.playbook import DEFAULT_PLAYBOOK, load_playbook
 from streams.worker import EngagementProcessor

@@ -20,9 +20,9 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select
 
-from infra.bench.pipeline import post_steadily, wait_until_consuming
+from engage.bench.pipeline import post_steadily, wait_until_consuming
 from infra.db import LedgerEvent, Nudge
-from infra.processes import Supervisor
+from engage.processes import Supervisor
 from infra.settings import Settings
 from producers.simulator import generate_events
 from schemas.catalogue import INPUT_TOPICS

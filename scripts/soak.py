@@ -28,9 +28,9 @@ from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import func, select
 
 from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage
-from infra.processes import Supervisor
+from engage.processes import Supervisor
 from infra.settings import Settings
-from infra.status import pipeline_status
+from engage.status import pipeline_status
 from producers.simulator import generate_events
 
 

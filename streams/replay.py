@@ -217,37 +217,12 @@ def topic_records(bootstrap: str, shard: int = 0, shards: int = 1) -> list[LogRe
 
 
 def _topic_records(bootstrap: str, shard: int, shards: int) -> Iterator[LogRecord]:
-    from kafka import KafkaConsumer
+    from infra.topic_reader import read_to_end
 
-    from infra.status import topic_counts
-
-    ends = {
-        tp: end
-        for topic, partitions in topic_counts(bootstrap).items()
-        if topic in INPUT_TOPICS
-        for tp, end in partitions.items()
-        if end > 0 and tp.partition % shards == shard
-    }
-    if not ends:
-        return
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
+    for m in read_to_end(
+        bootstrap,
+        INPUT_TOPICS,
+        partition_filter=lambda p: p % shards == shard,
         client_id="engage-replay",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    try:
-        consumer.assign(list(ends))
-        consumer.seek_to_beginning(*ends)
-        remaining = set(ends)
-        while remaining:
-            for tp, messages in consumer.poll(timeout_ms=1000, max_records=10_000).items():
-                end = ends[tp]
-                for m in messages:
-                    if m.offset < end:
-                        yield tp.topic, m.value, m.timestamp / 1000 if m.timestamp > 0 else None
-                if messages and messages[-1].offset + 1 >= end:
-                    remaining.discard(tp)
-                    consumer.pause(tp)
-    finally:
-        consumer.close()
+    ):
+        yield m.topic, m.value, m.timestamp / 1000 if m.timestamp > 0 else None

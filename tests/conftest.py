@@ -19,7 +19,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-import infra.webapp
+import engage.webapp
+import engage.wiring
 from infra.broker import EmbeddedBroker
 from infra.db import make_engine, migrate, session_factory
 from infra.settings import Settings
@@ -204,23 +205,23 @@ def api(
     monkeypatch: pytest.MonkeyPatch,
     _uvicorn: tuple[str, _AppSlot],
 ) -> Iterator[str]:
-    """``infra.webapp.create_app(settings)`` served by uvicorn; yields its base URL.
+    """``engage.webapp.create_app(settings)`` served by uvicorn; yields its base URL.
 
     ``engine`` has migrated the test's database first. The server is started once per run and
     serves this test's freshly created app; the app's own engines are recorded so they can be
     disposed of at teardown (the app has no shutdown hook of its own for them).
     """
     engines: list[Engine] = []
-    real_make_engine = infra.webapp.make_engine
+    real_make_engine = engage.wiring.make_engine
 
     def recording_make_engine(url: str, **kwargs: Any) -> Engine:
         made = real_make_engine(url, **kwargs)
         engines.append(made)
         return made
 
-    monkeypatch.setattr(infra.webapp, "make_engine", recording_make_engine)
+    monkeypatch.setattr(engage.wiring, "make_engine", recording_make_engine)
     base_url, slot = _uvicorn
-    slot.app = infra.webapp.create_app(settings)
+    slot.app = engage.webapp.create_app(settings)
     try:
         _wait_for_health(base_url)
         yield base_url

@@ -20,10 +20,11 @@ from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from infra import cli
+from engage import cli
 from infra.broker import EmbeddedBroker
 from infra.db import DeadLetterRedrive
-from infra.deadletters import (
+from infra.kafka import CONSUMER_DEFAULTS, dead_letter, ledger_producer
+from producers.deadletters import (
     Letter,
     Outcome,
     Selection,
@@ -33,7 +34,6 @@ from infra.deadletters import (
     read_letters,
     redrive_letters,
 )
-from infra.kafka import CONSUMER_DEFAULTS, dead_letter, ledger_producer
 from schemas.events import DeadLetter
 from streams.engagement import Engine
 from streams.playbook import load_playbook

@@ -11,7 +11,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from infra import cli
+from engage import cli
 from infra.db import LedgerEvent, Nudge
 from tests.integration.test_dispatch import INVITE, WELCOME, nudge_row, seed
 

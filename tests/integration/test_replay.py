@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from infra.bench.state import _fill_ledger, synthetic_log
+from engage.bench.state import _fill_ledger, synthetic_log
 from infra.db import make_engine, migrate, session_factory
 from streams.engagement import Engine
 from streams.playbook import load_playbook

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from consumers.dispatch import Dispatcher
 from consumers.rendering import TemplateBook
 from consumers.repository import list_outbox, store_nudges
-from infra.cli import _sending_policy
+from engage.wiring import sending_policy
 from infra.db import LedgerEvent, Nudge, Supporter
 from infra.settings import Settings
 from producers.ledger import record_events
@@ -48,7 +48,7 @@ def stage(
     sms_opt_out_link: bool = False,
 ) -> Dispatcher:
     """The outbox dispatcher with the policy `engage` builds from default settings."""
-    policy = _sending_policy(Settings())
+    policy = sending_policy(Settings())
     return Dispatcher(
         sessions,
         TemplateBook(),

@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 import producers.client
-from infra import cli
+from engage import cli
 from producers.simulator import generate_events
 
 START = "2026-01-05T09:15:00+00:00"  # a Monday morning, not midnight

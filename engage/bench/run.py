@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from infra.bench.__main__ import measure_throughput
-from infra.bench.pipeline import latency, pipeline_processes_throughput, pipeline_throughput
+from engage.bench.__main__ import measure_throughput
+from engage.bench.pipeline import latency, pipeline_processes_throughput, pipeline_throughput
 from infra.broker import EmbeddedBroker
 from infra.topics import ensure_topics
 

@@ -18,14 +18,14 @@ from aiokafka import AIOKafkaProducer
 from pydantic import TypeAdapter
 from sqlalchemy import select
 
+from engage.processes import Supervisor
+from engage.wiring import engine_for
 from infra.db import FollowUpTask, LedgerEvent, Nudge
-from infra.processes import Supervisor
 from infra.settings import Settings
 from producers.simulator import generate_events
 from schemas.events import INGEST_TO_TOPIC, Event, IngestEvent
 from schemas.identity import supporter_id
-from streams.engagement import Engine
-from streams.playbook import DEFAULT_PLAYBOOK, load_playbook
+from streams.playbook import DEFAULT_PLAYBOOK
 from streams.worker import StreamWorker
 
 _INGEST: TypeAdapter[Any] = TypeAdapter(IngestEvent)
@@ -95,7 +95,7 @@ def pipeline_throughput(
         ("pipeline_minimal_playbook", DEFAULT_PLAYBOOK.with_name("minimal.yaml")),
         ("pipeline", DEFAULT_PLAYBOOK),
     ):
-        engine = Engine(load_playbook(playbook))
+        engine = engine_for(playbook)
         group = f"bench-{label}-{uuid.uuid4().hex[:8]}"
         worker = StreamWorker(bootstrap, engine, group_id=group)
         timing = asyncio.run(_drain(worker, len(events), timeout_s))
@@ -149,7 +149,7 @@ def pipeline_processes_throughput(
 
 def _stream_process(bootstrap: str, group: str, queue: Any, stop: Any, n: int) -> None:
     async def main() -> None:
-        worker = StreamWorker(bootstrap, Engine(load_playbook()), group_id=group)
+        worker = StreamWorker(bootstrap, engine_for(), group_id=group)
         halt = asyncio.Event()
         task = asyncio.create_task(worker.run(halt))
         reported = (0, 0)

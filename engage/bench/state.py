@@ -19,9 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from engage.wiring import engine_for
 from infra.db import LedgerEvent, make_engine, migrate, session_factory
 from schemas.events import INPUT_EVENT_TYPES
-from streams.engagement import Engine, SupporterState
+from streams.engagement import SupporterState
 from streams.playbook import load_playbook
 from streams.replay import LogRecord, Source, replay_sharded
 
@@ -79,7 +80,7 @@ def rss_bytes() -> int:
 def state_memory(supporters: int, step: int = 100_000, seed: int = 7) -> dict[str, Any]:
     """RSS of the stream's per-supporter state, measured after every ``step`` supporters are
     folded in; the baseline is the process before the first state."""
-    engine = Engine(load_playbook())
+    engine = engine_for()
     states: dict[str, SupporterState] = {}
     models = INPUT_EVENT_TYPES
     gc.collect()
@@ -178,7 +179,7 @@ def _insert(sessions: Any, statement: Any, rows: list[dict[str, Any]]) -> int:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m infra.bench.state", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m engage.bench.state", description=__doc__)
     parser.add_argument("--supporters", type=int, default=1_000_000, help="for the memory")
     parser.add_argument("--step", type=int, default=100_000)
     parser.add_argument("--replay-events", type=int, default=1_000_000)

@@ -8,18 +8,16 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
-from infra.db import make_engine, session_factory
+from engage import wiring
 from infra.settings import Settings
 from producers.api import IngestService, ingest_router, openapi_components
 from producers.unsubscribe import short_opt_out_router, unsubscribe_router
 from producers.webhooks import webhooks_router
-from streams.engagement import Engine
 from streams.explain import explain_router
-from streams.playbook import load_playbook
 
 
 def create_app(settings: Settings) -> FastAPI:
-    sessions = session_factory(make_engine(settings.sqlalchemy_url))
+    sessions = wiring.sessions(settings)
     # Swagger UI and ReDoc served from the package, not a CDN: works on a laptop offline.
     app: FastAPI = FastAPIOffline(
         title="Engage pipeline",
@@ -33,7 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_batch=settings.max_batch,
     )
     app.include_router(ingest_router(service))
-    engine = Engine(load_playbook(settings.playbook))
+    engine = wiring.engine(settings)
     app.include_router(explain_router(sessions, engine, service.token))
     app.include_router(
         unsubscribe_router(sessions, settings.org_name, settings.secret("identity_key"))

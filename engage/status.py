@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.db import FollowUpTask, LedgerEvent, Nudge
+from infra.topic_reader import end_offsets
 from infra.topics import admin_client
 from schemas.catalogue import INPUT_TOPICS, TOPICS
 
@@ -20,42 +20,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 
 def topic_counts(bootstrap: str) -> dict[str, dict[TopicPartition, int]]:
-    """End offset of every partition of every catalogue topic.
-
-    Tansu 0.6.0 answers ListOffsets(latest) with the last *batch's* base offset + 1, not
-    the offset after its last record, so we take the high watermark from a fetch that
-    starts at that batch instead.
-    """
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, client_id="engage-status", enable_auto_commit=False
-    )
-    try:
-        tps = [
-            TopicPartition(spec.name, p)
-            for spec in TOPICS
-            for p in sorted(consumer.partitions_for_topic(spec.name) or ())
-        ]
-        listed = consumer.end_offsets(tps)
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, max(listed[tp] - 1, 0))
-        ends: dict[str, dict[TopicPartition, int]] = {spec.name: {} for spec in TOPICS}
-        pending = {tp for tp in tps if listed[tp] > 0}
-        for tp in tps:
-            ends[tp.topic][tp] = listed[tp]
-        deadline = time.monotonic() + 30
-        while pending and time.monotonic() < deadline:
-            consumer.poll(timeout_ms=200, max_records=1_000_000)
-            for tp in list(pending):
-                high = consumer.highwater(tp)
-                if high is not None:
-                    ends[tp.topic][tp] = high
-                    pending.discard(tp)
-        if pending:
-            raise TimeoutError(f"no high watermark for {sorted(map(str, pending))} in 30 s")
-        return ends
-    finally:
-        consumer.close()
+    """End offset (the fetch high watermark) of every partition of every catalogue topic."""
+    return end_offsets(bootstrap, (spec.name for spec in TOPICS))
 
 
 def pipeline_status(bootstrap: str, sessions: sessionmaker[Session]) -> dict[str, Any]:

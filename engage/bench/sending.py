@@ -1,6 +1,6 @@
 """Sending benchmark: what the checks and the exactly-once bookkeeping cost per nudge.
 
-Usage: ``python -m infra.bench.sending [--nudges 3000] [--database-url URL] [--json]``.
+Usage: ``python -m engage.bench.sending [--nudges 3000] [--database-url URL] [--json]``.
 
 Four runs in one process, on fresh tables of one database (SQLite under a temporary
 directory by default), each over the same ``--nudges`` email nudges to distinct supporters:
@@ -170,11 +170,11 @@ def run_sdk_only(url: str, nudges: int, timeout_s: float) -> dict[str, Any]:
 
 
 def measure(engine: Engine, nudges: int, timeout_s: float) -> dict[str, Any]:
-    from infra.cli import _sending_policy
+    from engage.wiring import sending_policy
     from infra.settings import Settings
 
     sessions = session_factory(engine)
-    default = _sending_policy(Settings())
+    default = sending_policy(Settings())
     figures: dict[str, Any] = {"database": engine.dialect.name}
     runs: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         (
@@ -202,7 +202,7 @@ def measure(engine: Engine, nudges: int, timeout_s: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m infra.bench.sending")
+    parser = argparse.ArgumentParser(prog="python -m engage.bench.sending")
     parser.add_argument("--nudges", type=int, default=3000)
     parser.add_argument("--database-url", help="default: SQLite in a temporary directory")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per run")

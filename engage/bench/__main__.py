@@ -1,6 +1,6 @@
 """Benchmark driver: one embedded broker, one pre-filled topic, throughput figures as JSON.
 
-Usage: ``python -m infra.bench [--events 100000] [--partitions 8] [--timeout 300]``.
+Usage: ``python -m engage.bench [--events 100000] [--partitions 8] [--timeout 300]``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import json
 import sys
 from typing import Any
 
-from infra.bench.events import make_payloads
-from infra.bench.naive_faust import run_naive_faust
-from infra.bench.raw import bench_topic_name, create_topic, raw_consume, raw_produce
+from engage.bench.events import make_payloads
+from engage.bench.naive_faust import run_naive_faust
+from engage.bench.raw import bench_topic_name, create_topic, raw_consume, raw_produce
 from infra.broker import EmbeddedBroker
 
 
@@ -45,7 +45,7 @@ def measure_throughput(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m infra.bench")
+    parser = argparse.ArgumentParser(prog="python -m engage.bench")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")

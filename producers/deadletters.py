@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.db import DeadLetterRedrive, dialect_insert
+from infra.topic_reader import read_to_end
 from schemas.catalogue import TOPICS
 from schemas.events import DeadLetter
 
@@ -61,39 +61,10 @@ class DeadLetters:
 
 
 def read_records(bootstrap: str, topic: str, deadline_s: float = READ_DEADLINE_S) -> list[Any]:
-    """Every record of ``topic`` from the start up to its high watermark, without a group.
-
-    Tansu's ListOffsets(latest) is unreliable, so the end of each partition is the high
-    watermark of the fetch responses, reached when the consumer's position gets there.
-    """
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        client_id="engage-deadletters",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=50,
+    """Every record of ``topic`` from the start up to its high watermark, without a group."""
+    return list(
+        read_to_end(bootstrap, [topic], deadline_s=deadline_s, client_id="engage-deadletters")
     )
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise LookupError(f"no topic {topic!r} on {bootstrap} (engage topics create)")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        records: list[Any] = []
-        deadline = time.monotonic() + deadline_s
-        while True:
-            for batch in consumer.poll(timeout_ms=100, max_records=10_000).values():
-                records.extend(batch)
-            marks = {tp: consumer.highwater(tp) for tp in tps}
-            if all(
-                mark is not None and consumer.position(tp) >= mark for tp, mark in marks.items()
-            ):
-                return records
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end in {deadline_s} s: {marks}")
-    finally:
-        consumer.close()
 
 
 def parse_letters(records: Iterable[Any]) -> DeadLetters:

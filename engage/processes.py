@@ -92,6 +92,7 @@ class Supervisor:
                 "; set ENGAGE_API_PORT to another port, or 0 for any free one"
             )
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.settings.ensure_secrets()  # before any child: they must all read the same keys
         engine = make_engine(self.settings.sqlalchemy_url)
         migrate(engine)
         self.sessions = session_factory(engine)
@@ -133,7 +134,7 @@ class Supervisor:
     def _spawn(self, role: str, restarts: int = 0) -> None:
         log_file = open(self.logs / f"{role}.log", "ab")  # noqa: SIM115 - the child owns it
         process = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", role_of(role)],
+            [sys.executable, "-m", "engage.cli", role_of(role)],
             env=self._env(),
             stdin=subprocess.DEVNULL,
             stdout=log_file,

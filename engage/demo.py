@@ -21,8 +21,9 @@ from rich.live import Live
 from rich.table import Table
 from sqlalchemy import func, or_, select
 
+from engage import wiring
+from engage.processes import Supervisor
 from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage, SupporterScore
-from infra.processes import Supervisor
 from infra.settings import Settings
 from schemas.catalogue import TOPICS
 
@@ -123,9 +124,7 @@ def _explain_top_supporter(
 
     from consumers.repository import top_scores
     from infra.db import SupporterScore
-    from streams.engagement import Engine
     from streams.explain import explain, render
-    from streams.playbook import load_playbook
 
     with supervisor.sessions() as session:
         rungs = dict(
@@ -134,7 +133,7 @@ def _explain_top_supporter(
             ).all()
         )
         top = top_scores(session, 1)
-    engine = Engine(load_playbook(settings.playbook))
+    engine = wiring.engine(settings)
     ladder = ", ".join(f"{name} {rungs.get(name, 0)}" for name in engine.playbook.rung_names)
     console.print(f"  the ladder now: {ladder}")
     if not top:

@@ -2,7 +2,7 @@
 
 Run as a subprocess so every measurement gets a fresh process, event loop and app id:
 
-    python -m infra.bench.naive_faust --bootstrap 127.0.0.1:PORT --topic T --count N [--table]
+    python -m engage.bench.naive_faust --bootstrap 127.0.0.1:PORT --topic T --count N [--table]
 
 It prints one JSON line on stdout, ``{"events_per_s": ..., "join_s": ..., "count": ...}``, where
 events_per_s covers the first to the Nth event and join_s is the time from worker start to the
@@ -27,7 +27,7 @@ from typing import Any
 
 import faust
 
-from infra.bench.raw import create_topic, partition_count
+from engage.bench.raw import create_topic, partition_count
 
 TABLE_NAME = "counts"
 EXIT_TIMEOUT = 2
@@ -142,7 +142,7 @@ def watch(progress: Progress, timeout_s: float, every_s: float) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m infra.bench.naive_faust")
+    parser = argparse.ArgumentParser(prog="python -m engage.bench.naive_faust")
     parser.add_argument("--bootstrap", required=True, help="HOST:PORT of the broker")
     parser.add_argument("--topic", required=True, help="pre-filled source topic")
     parser.add_argument("--count", type=int, required=True, help="events to read")
@@ -210,7 +210,7 @@ def run_naive_faust(
     command = [
         sys.executable,
         "-m",
-        "infra.bench.naive_faust",
+        "engage.bench.naive_faust",
         "--bootstrap",
         bootstrap,
         "--topic",

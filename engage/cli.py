@@ -18,21 +18,16 @@ from typing import Any
 
 import structlog
 
+from engage import wiring
 from infra.logging import configure_logging
 from infra.settings import Settings
 
 log = structlog.get_logger("engage")
 
 
-def _sessions(settings: Settings) -> Any:
-    from infra.db import make_engine, session_factory
-
-    return session_factory(make_engine(settings.sqlalchemy_url))
-
-
 def _bootstrap(settings: Settings) -> str:
     if not settings.kafka_bootstrap:
-        from infra.processes import read_run_file
+        from engage.processes import read_run_file
 
         return str(read_run_file(settings.home)["bootstrap"])
     return settings.kafka_bootstrap
@@ -41,13 +36,13 @@ def _bootstrap(settings: Settings) -> str:
 def _api_url(settings: Settings, url: str | None) -> str:
     if url:
         return url.rstrip("/")
-    from infra.processes import read_run_file
+    from engage.processes import read_run_file
 
     return str(read_run_file(settings.home)["api_url"])
 
 
 async def _until_stopped(run: Callable[[asyncio.Event], Any]) -> None:
-    from infra.processes import watch_parent
+    from engage.processes import watch_parent
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -61,7 +56,7 @@ async def _until_stopped(run: Callable[[asyncio.Event], Any]) -> None:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.processes import Supervisor, stop_on_signals
+    from engage.processes import Supervisor, stop_on_signals
 
     supervisor = Supervisor(settings)
     stop = threading.Event()
@@ -81,8 +76,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from infra.processes import watch_parent
-    from infra.webapp import create_app
+    from engage.processes import watch_parent
+    from engage.webapp import create_app
 
     watch_parent()
     uvicorn.run(
@@ -97,8 +92,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
+    from engage.processes import stop_on_signals, watch_parent
     from infra.kafka import ledger_producer
-    from infra.processes import stop_on_signals, watch_parent
     from producers.relay import LedgerRelay
 
     stop = threading.Event()
@@ -106,7 +101,7 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
     watch_parent()
     producer = ledger_producer(_bootstrap(settings))
     try:
-        LedgerRelay(_sessions(settings), producer).run(stop)
+        LedgerRelay(wiring.sessions(settings), producer).run(stop)
     finally:
         producer.close(timeout=3)
     return 0
@@ -116,98 +111,17 @@ def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
     from streams.worker import StreamWorker
 
     worker = StreamWorker(
-        _bootstrap(settings), _engine(settings), tick_seconds=settings.lapse_check_seconds
+        _bootstrap(settings), wiring.engine(settings), tick_seconds=settings.lapse_check_seconds
     )
     asyncio.run(_until_stopped(worker.run))
     return 0
-
-
-def _engine(settings: Settings) -> Any:
-    """The stream's engine, from the configured playbook, checked against the templates."""
-    from consumers.rendering import TemplateBook
-    from streams.engagement import Engine
-    from streams.playbook import load_playbook
-
-    return Engine(load_playbook(settings.playbook, TemplateBook().names))
-
-
-def _sending_policy(settings: Settings) -> Any:
-    from datetime import timedelta
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    from consumers.dispatch import SendingPolicy
-    from consumers.policy import ChannelPolicy, QuietHours
-
-    try:
-        zone = ZoneInfo(settings.default_timezone)
-        channels = {
-            name: ChannelPolicy(
-                quiet=QuietHours.parse(getattr(settings, f"{name}_quiet_hours")),
-                stale_after=timedelta(hours=getattr(settings, f"{name}_stale_after_hours")),
-                per_day=getattr(settings, f"{name}_cap_per_day"),
-                per_week=getattr(settings, f"{name}_cap_per_week"),
-            )
-            for name in ("email", "sms")
-        }
-    except (ValueError, ZoneInfoNotFoundError) as exc:
-        raise SystemExit(f"sending policy: {exc}") from None
-    return SendingPolicy(
-        channels=channels,
-        default_zone=zone,
-        max_attempts=settings.send_max_attempts,
-        backoff_s=settings.send_backoff_s,
-        lease_s=settings.send_lease_s,
-        reconcile_after_s=settings.reconcile_after_s,
-    )
-
-
-def _dispatcher(settings: Settings) -> Any:
-    from consumers.dispatch import Dispatcher
-    from consumers.messages import Sender
-    from consumers.providers import SendGridEmailSender, TwilioSmsSender
-    from consumers.ratelimit import RateLimit
-    from consumers.rendering import TemplateBook
-
-    senders: dict[str, Sender] = {}
-    limits: dict[str, RateLimit] = {}
-    if settings.sendgrid_api_key:
-        senders["email"] = SendGridEmailSender(
-            settings.sendgrid_api_key.get_secret_value(),
-            settings.sendgrid_from_email,
-            settings.org_name,
-            host=settings.sendgrid_host,
-            timeout_s=settings.provider_timeout_s,
-        )
-        limits["email"] = RateLimit(settings.sendgrid_rate_per_s)
-    if settings.twilio_account_sid and settings.twilio_auth_token:
-        senders["sms"] = TwilioSmsSender(
-            settings.twilio_account_sid,
-            settings.twilio_auth_token.get_secret_value(),
-            settings.twilio_from_number,
-            base_url=settings.twilio_base_url,
-            timeout_s=settings.provider_timeout_s,
-            status_callback=f"{settings.public_url.rstrip('/')}/webhooks/twilio/status",
-        )
-        limits["sms"] = RateLimit(settings.twilio_rate_per_s)
-    return Dispatcher(
-        _sessions(settings),
-        TemplateBook(),
-        senders,
-        settings.org_name,
-        settings.public_url,
-        link_key=settings.secret("identity_key"),
-        policy=_sending_policy(settings),
-        limits=limits,
-        # An alphanumeric sender ID ("GRASSROOTS") is one-way: nobody can reply STOP to it.
-        sms_opt_out_link=not settings.twilio_from_number.startswith("+"),
-    )
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     """Only the sender: due nudges out, stale claims reconciled; no Kafka needed."""
     from consumers.runner import send_until
 
-    dispatcher = _dispatcher(settings)
+    dispatcher = wiring.dispatcher(settings)
     asyncio.run(_until_stopped(lambda stop: send_until(dispatcher, stop, args.batch)))
     return 0
 
@@ -218,7 +132,7 @@ def cmd_nudges(settings: Settings, args: argparse.Namespace) -> int:
     if args.action in ("resend", "mark-sent", "give-up"):
         if not args.nudge_id:
             raise SystemExit(f"nudges {args.action}: name the nudge")
-        with _sessions(settings).begin() as session:
+        with wiring.sessions(settings).begin() as session:
             done = resolve_nudge(session, args.nudge_id, args.action)
         print(done)
         return 0 if done.startswith("ok") else 1
@@ -237,7 +151,9 @@ def cmd_nudges(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.runner import ConsumerWorker
 
-    worker = ConsumerWorker(_bootstrap(settings), _sessions(settings), _dispatcher(settings))
+    worker = ConsumerWorker(
+        _bootstrap(settings), wiring.sessions(settings), wiring.dispatcher(settings)
+    )
     asyncio.run(_until_stopped(worker.run))
     return 0
 
@@ -335,7 +251,7 @@ def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
 
 def _listing(settings: Settings, args: argparse.Namespace, read: Any, line: Any, noun: str) -> int:
     """Print rows from ``read(session, limit)``: JSON (a list of objects) or a line each."""
-    with _sessions(settings)() as session:
+    with wiring.sessions(settings)() as session:
         rows = read(session, args.limit)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -377,18 +293,18 @@ def cmd_scores(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.status import pipeline_status, render_status
+    from engage.status import pipeline_status, render_status
 
-    status = pipeline_status(_bootstrap(settings), _sessions(settings))
+    status = pipeline_status(_bootstrap(settings), wiring.sessions(settings))
     print(json.dumps(status, indent=2) if args.json else render_status(status))
     return 0
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.bench.run import run_bench
+    from engage.bench.run import run_bench
 
     if args.scale_only:
-        from infra.bench.state import replay_time, state_memory
+        from engage.bench.state import replay_time, state_memory
 
         figures = state_memory(args.supporters)
         figures.update(replay_time(max(round(args.replay_events / 3.4), 1)))
@@ -403,7 +319,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     import random
 
-    from infra.demo import run_demo
+    from engage.demo import run_demo
 
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     return run_demo(settings, supporters=args.supporters, seconds=args.seconds, seed=seed)
@@ -416,7 +332,7 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
 
     now = datetime.fromisoformat(args.at).timestamp() if args.at else None
     try:
-        result = explain(_sessions(settings), _engine(settings), args.supporter_id, now)
+        result = explain(wiring.sessions(settings), wiring.engine(settings), args.supporter_id, now)
     except UnknownSupporter:
         print(f"no events for {args.supporter_id}", file=sys.stderr)
         return 1
@@ -429,8 +345,8 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
     from streams.replay import Source, replay_sharded
 
-    engine = _engine(settings)
-    sessions = _sessions(settings)
+    engine = wiring.engine(settings)
+    sessions = wiring.sessions(settings)
     source = args.source
     where = (
         Source(bootstrap=_bootstrap(settings))
@@ -537,7 +453,7 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from infra import deadletters
+    from producers import deadletters
 
     try:
         since = deadletters.parse_since(args.since, datetime.now(UTC)) if args.since else None
@@ -549,7 +465,7 @@ def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "list":
         if args.all or args.again or args.dry_run:
             raise SystemExit("--all, --again and --dry-run go with `engage deadletters redrive`")
-        listing = deadletters.list_letters(_bootstrap(settings), _sessions(settings), chosen)
+        listing = deadletters.list_letters(_bootstrap(settings), wiring.sessions(settings), chosen)
         for problem in listing.unreadable:
             print(problem, file=sys.stderr)
         if args.json:
@@ -560,7 +476,11 @@ def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     if not (args.id or args.all):
         raise SystemExit("redrive: name the letters with --id ID ..., or give --all")
     outcomes = deadletters.redrive_letters(
-        _bootstrap(settings), _sessions(settings), chosen, again=args.again, dry_run=args.dry_run
+        _bootstrap(settings),
+        wiring.sessions(settings),
+        chosen,
+        again=args.again,
+        dry_run=args.dry_run,
     )
     if args.json:
         print(json.dumps([outcome.as_dict() for outcome in outcomes], indent=2))
