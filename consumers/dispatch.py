@@ -271,6 +271,7 @@ class Dispatcher:
                     error_code = str(exc.code or exc.status or "") or None
                     session.add(
                         status_row(
+                            session,
                             nudge,
                             "retrying",
                             now,
@@ -328,7 +329,9 @@ class Dispatcher:
             )
             for nudge in expired:
                 counts["expired"] += 1
-                session.add(status_row(nudge, "ambiguous", now, nudge.reason_code, nudge.reason))
+                session.add(
+                    status_row(session, nudge, "ambiguous", now, nudge.reason_code, nudge.reason)
+                )
         cutoff = now - timedelta(seconds=self.policy.reconcile_after_s)
         with self.sessions() as session:
             waiting = nudges_to_reconcile(session, cutoff, limit)
@@ -460,6 +463,7 @@ class Dispatcher:
             state = cast(MessageState, status)
             session.add(
                 status_row(
+                    session,
                     nudge,
                     state,
                     now,

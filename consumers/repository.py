@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from infra.db import (
     SupporterScore,
     dialect_insert,
     insert_ignoring_duplicates,
+    survivor_of,
 )
 from infra.outbox import ledger_row
 from schemas.events import (
@@ -502,11 +504,50 @@ def resolve_nudge(session: Session, nudge_id: str, action: str) -> str:
         expect=allowed,
     )
     if status != "pending":
-        session.add(status_row(nudge, "sent" if status == "sent" else "failed", now, code, reason))
+        session.add(
+            status_row(session, nudge, "sent" if status == "sent" else "failed", now, code, reason)
+        )
     return f"ok: nudge {nudge_id} is {status} now"
 
 
+_STATUS_NAMESPACE = uuid.UUID("0c3e8f6a-5b0e-4a8e-9f57-2f4b4e1d7a21")
+
+
+def message_status(
+    session: Session,
+    nudge: Nudge,
+    state: MessageState,
+    at: datetime,
+    *,
+    cause: str,
+    reason_code: str | None = None,
+    reason: str | None = None,
+    provider: str | None = None,
+    provider_message_id: str | None = None,
+    error_code: str | None = None,
+) -> MessageStatus:
+    """The one builder of a nudge's ``message.status`` event, for the sender and the webhooks
+    alike: its id derived from the nudge and ``cause`` (what reported it: the same report
+    applied twice gets the same id, so the ledger keeps it once), its supporter the one the
+    nudge's supporter stands for now (after merges)."""
+    return MessageStatus(
+        event_id=uuid.uuid5(_STATUS_NAMESPACE, f"{nudge.nudge_id}:{cause}"),
+        event_time=at,
+        nudge_id=nudge.nudge_id,
+        supporter_id=survivor_of(session, nudge.supporter_id),
+        channel="sms" if nudge.channel == "sms" else "email",
+        rule=nudge.rule,
+        status=state,
+        reason_code=reason_code,
+        reason=reason[:500] if reason else None,
+        provider=provider,
+        provider_message_id=provider_message_id,
+        error_code=error_code,
+    )
+
+
 def status_row(
+    session: Session,
     nudge: Nudge,
     status: MessageState,
     now: datetime,
@@ -516,18 +557,82 @@ def status_row(
     provider_message_id: str | None = None,
     error_code: str | None = None,
 ) -> LedgerEvent:
-    """The ledger row of a nudge's ``message.status`` event, for the caller's transaction."""
-    event = MessageStatus(
-        event_time=now,
-        nudge_id=nudge.nudge_id,
-        supporter_id=nudge.supporter_id,
-        channel=nudge.channel,
-        rule=nudge.rule,
-        status=status,
+    """The ledger row of a decision the sender took about a nudge, for the caller's
+    transaction: caused by that decision (status, reason, attempt, moment)."""
+    cause = f"sender:{status}:{reason_code}:{nudge.attempts}:{now.isoformat()}"
+    event = message_status(
+        session,
+        nudge,
+        status,
+        now,
+        cause=cause,
         reason_code=reason_code,
-        reason=reason[:500] if reason else None,
+        reason=reason,
         provider=provider,
         provider_message_id=provider_message_id,
         error_code=error_code,
     )
     return ledger_row(event, now)
+
+
+class Nudges:
+    """What the provider webhooks may read and change of a nudge, so that this module stays
+    the only writer of the ``nudges`` table (the webhooks receive an instance from engage/)."""
+
+    @staticmethod
+    def by_sms_message(session: Session, message_sid: str) -> Nudge | None:
+        """The text Twilio reports on, by its message sid (not one sent by another provider)."""
+        return session.scalars(
+            select(Nudge)
+            .where(
+                Nudge.provider_message_id == message_sid,
+                Nudge.channel == "sms",
+                or_(Nudge.provider.is_(None), Nudge.provider == "twilio"),
+            )
+            .order_by(Nudge.nudge_id)
+            .limit(1)
+        ).first()
+
+    @staticmethod
+    def email(session: Session, nudge_id: str | None, message_id: str | None) -> Nudge | None:
+        """The email SendGrid reports on: by the ``nudge_id`` our sender adds, else by the
+        X-Message-Id its ``sg_message_id`` starts with; not one sent by another provider."""
+        nudge: Nudge | None = None
+        if nudge_id is not None:
+            nudge = session.get(Nudge, nudge_id)
+        elif message_id is not None:
+            nudge = session.scalars(
+                select(Nudge)
+                .where(Nudge.provider_message_id == message_id, Nudge.channel == "email")
+                .order_by(Nudge.nudge_id)
+                .limit(1)
+            ).first()
+        if nudge is None or nudge.channel != "email" or nudge.provider not in (None, "sendgrid"):
+            return None
+        return nudge
+
+    @staticmethod
+    def set_delivery(session: Session, nudge: Nudge, status: str, at: datetime) -> None:
+        """Record the provider's newest delivery status (the caller has checked it moves on)."""
+        nudge.delivery_status, nudge.delivery_updated_at = status, at
+
+    @staticmethod
+    def confirm_sent(
+        session: Session,
+        nudge: Nudge,
+        provider: str,
+        provider_message_id: str | None,
+        at: datetime,
+        reason: str,
+    ) -> bool:
+        """An ambiguous send the provider has since reported on: it went. False (and nothing
+        changed) when the nudge is not ambiguous."""
+        if nudge.status != "ambiguous":
+            return False
+        nudge.status, nudge.reason_code, nudge.reason = "sent", "confirmed", reason[:500]
+        nudge.provider, nudge.sent_at = provider, at
+        if provider_message_id is not None and nudge.provider_message_id is None:
+            nudge.provider_message_id = provider_message_id[:200]
+        return True
+
+    message_status = staticmethod(message_status)

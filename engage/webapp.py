@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
+from consumers.repository import Nudges
 from engage import wiring
 from infra.settings import Settings
 from producers.api import IngestService, ingest_router, openapi_components
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
             twilio_auth_token=twilio_token.get_secret_value() if twilio_token else None,
             sendgrid_public_key=settings.sendgrid_webhook_public_key,
             max_age_s=settings.webhook_max_age_s,
+            nudges=Nudges(),
         )
     )
 

@@ -24,8 +24,9 @@ from sqlalchemy import (
     event,
     false,
     inspect,
+    select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 
@@ -237,6 +238,14 @@ class SupporterAlias(Base):
     survivor_id: Mapped[str] = mapped_column(String(40), index=True)
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     merged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def survivor_of(session: Session, sid: str) -> str:
+    """The id a supporter id stands for now: the one it was merged into, or itself."""
+    survivor = session.scalar(
+        select(SupporterAlias.survivor_id).where(SupporterAlias.absorbed_id == sid)
+    )
+    return survivor or sid
 
 
 class SupporterScore(Base):

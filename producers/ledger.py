@@ -125,14 +125,6 @@ def ingest_events(
     return result
 
 
-def survivor_of(session: Session, sid: str) -> str:
-    """The id a supporter id stands for now: the one it was merged into, or itself."""
-    survivor = session.scalar(
-        select(SupporterAlias.survivor_id).where(SupporterAlias.absorbed_id == sid)
-    )
-    return survivor or sid
-
-
 class _Ledger:
     """Writes events, contact details and consent within the caller's transaction, in order."""
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 import hmac
 import html
 from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.consent import suppress, suppress_contact
-from infra.db import Nudge, Supporter
-from producers.ledger import record_events, survivor_of
+from infra.db import Nudge, Supporter, survivor_of
+from producers.ledger import record_events
 from schemas.events import ConsentChanged
 from schemas.identity import opt_out_token
 
@@ -34,6 +35,40 @@ button{{font-size:1rem;padding:.6rem 1.2rem}}</style></head><body>{body}</body><
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
+
+
+def _not_recognised(what: str) -> dict[int | str, dict[str, Any]]:
+    page = {"text/html": {"schema": {"type": "string"}}}
+    return {
+        404: {"description": f"Link not recognised ({what}): a page saying so.", "content": page}
+    }
+
+
+# Documentation only: a nudge id or token the links never carry answers 404, not 422.
+NudgeId = Annotated[
+    str,
+    Path(
+        description="The nudge's id, as in the link (never contains '/').",
+        json_schema_extra={
+            "pattern": "^[^/]+$",
+            "examples": ["welcome:sup_0123456789abcdef0123456789abcdef"],
+        },
+    ),
+]
+Token = Annotated[
+    str,
+    Query(
+        description="The link's token: without it, or with a wrong one, the answer is 404.",
+        json_schema_extra={"pattern": "^[0-9a-f]{32}$"},
+    ),
+]
+Code = Annotated[
+    str,
+    Path(
+        description="The nudge's opt-out code, as in the text: 10 base32 characters.",
+        json_schema_extra={"pattern": "^[a-z2-7]{10}$", "examples": ["k3v7q2m5xa"]},
+    ),
+]
 
 
 def withdraw(session: Session, nudge_id: str, source: str, key: str | None = None) -> Nudge | None:
@@ -71,12 +106,18 @@ def unsubscribe_router(sessions: sessionmaker[Session], org_name: str, key: str)
     exactly like an unknown nudge, so the page reveals nothing about who is on the list."""
     router = APIRouter(prefix="/unsubscribe", tags=["opt-out"])
     unknown = "<h1>Link not recognised</h1><p>This unsubscribe link is not one of ours.</p>"
+    not_recognised = _not_recognised("an unknown nudge, or a wrong or missing token")
 
     def genuine(nudge_id: str, token: str) -> bool:
         return hmac.compare_digest(token.encode(), opt_out_token(key, nudge_id).encode())
 
-    @router.get("/{nudge_id}", response_class=HTMLResponse, summary="Confirm an opt-out")
-    def confirm(nudge_id: str, t: str = "") -> HTMLResponse:
+    @router.get(
+        "/{nudge_id}",
+        response_class=HTMLResponse,
+        responses=not_recognised,
+        summary="Confirm an opt-out",
+    )
+    def confirm(nudge_id: NudgeId, t: Token = "") -> HTMLResponse:
         if not genuine(nudge_id, t):
             return _page("Unsubscribe", unknown, 404)
         with sessions() as session:
@@ -89,8 +130,13 @@ def unsubscribe_router(sessions: sessionmaker[Session], org_name: str, key: str)
             '<form method="post"><button type="submit">Unsubscribe</button></form>',
         )
 
-    @router.post("/{nudge_id}", response_class=HTMLResponse, summary="Opt out (one click)")
-    def unsubscribe(nudge_id: str, t: str = "") -> HTMLResponse:
+    @router.post(
+        "/{nudge_id}",
+        response_class=HTMLResponse,
+        responses=not_recognised,
+        summary="Opt out (one click)",
+    )
+    def unsubscribe(nudge_id: NudgeId, t: Token = "") -> HTMLResponse:
         if not genuine(nudge_id, t):
             return _page("Unsubscribe", unknown, 404)
         with sessions.begin() as session:
@@ -114,14 +160,20 @@ def short_opt_out_router(sessions: sessionmaker[Session], org_name: str, key: st
     HMAC of its id (50 bits), so it needs no token; an unknown code reveals nothing."""
     router = APIRouter(prefix="/o", tags=["opt-out"])
     unknown = "<h1>Link not recognised</h1><p>This opt-out link is not one of ours.</p>"
+    not_recognised = _not_recognised("no nudge has this code")
 
     def nudge_of(session: Session, code: str) -> Nudge | None:
         if not code.isalnum() or len(code) > 16:
             return None
         return session.scalars(select(Nudge).where(Nudge.opt_out_code == code)).first()
 
-    @router.get("/{code}", response_class=HTMLResponse, summary="Confirm an SMS opt-out")
-    def confirm(code: str) -> HTMLResponse:
+    @router.get(
+        "/{code}",
+        response_class=HTMLResponse,
+        responses=not_recognised,
+        summary="Confirm an SMS opt-out",
+    )
+    def confirm(code: Code) -> HTMLResponse:
         with sessions() as session:
             if nudge_of(session, code) is None:
                 return _page("Stop texts", unknown, 404)
@@ -131,8 +183,13 @@ def short_opt_out_router(sessions: sessionmaker[Session], org_name: str, key: st
             '<form method="post"><button type="submit">Stop texts</button></form>',
         )
 
-    @router.post("/{code}", response_class=HTMLResponse, summary="Opt out of texts")
-    def opt_out(code: str) -> HTMLResponse:
+    @router.post(
+        "/{code}",
+        response_class=HTMLResponse,
+        responses=not_recognised,
+        summary="Opt out of texts",
+    )
+    def opt_out(code: Code) -> HTMLResponse:
         with sessions.begin() as session:
             nudge = nudge_of(session, code)
             if nudge is None:

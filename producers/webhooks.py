@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from sendgrid.helpers.eventwebhook import EventWebhook
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -40,10 +40,11 @@ from infra.db import (
     Supporter,
     WebhookReceipt,
     insert_ignoring_duplicates,
+    survivor_of,
 )
 from infra.http import problem
 from producers.api import ProblemDetail
-from producers.ledger import record_events, survivor_of
+from producers.ledger import record_events
 from schemas.events import (
     ConsentChanged,
     EmailClicked,
@@ -426,12 +427,49 @@ def _email_of(item: Mapping[str, Any]) -> str | None:
         return None
 
 
+class NudgeRecords(Protocol):
+    """What the webhooks read and change of the nudges the sender keeps (its module stays the
+    only writer of that table; engage/ hands an implementation in)."""
+
+    def by_sms_message(self, session: Session, message_sid: str) -> Nudge | None: ...
+
+    def email(
+        self, session: Session, nudge_id: str | None, message_id: str | None
+    ) -> Nudge | None: ...
+
+    def set_delivery(self, session: Session, nudge: Nudge, status: str, at: datetime) -> None: ...
+
+    def confirm_sent(
+        self,
+        session: Session,
+        nudge: Nudge,
+        provider: str,
+        provider_message_id: str | None,
+        at: datetime,
+        reason: str,
+    ) -> bool: ...
+
+    def message_status(
+        self,
+        session: Session,
+        nudge: Nudge,
+        state: MessageState,
+        at: datetime,
+        *,
+        cause: str,
+        provider: str | None = None,
+        provider_message_id: str | None = None,
+        error_code: str | None = None,
+    ) -> MessageStatus: ...
+
+
 @dataclass
 class _Webhooks:
     sessions: sessionmaker[Session]
     key: str
     org_name: str
     clock: Callable[[], datetime]
+    nudges: NudgeRecords
 
     # --- Twilio inbound SMS ---
 
@@ -530,25 +568,25 @@ class _Webhooks:
     def apply_twilio_status(self, sid: str, status: str, error_code: str | None) -> str:
         def work(session: Session) -> str:
             now = self.clock()
-            nudge = session.scalars(
-                select(Nudge)
-                .where(
-                    Nudge.provider_message_id == sid,
-                    Nudge.channel == "sms",
-                    or_(Nudge.provider.is_(None), Nudge.provider == "twilio"),
-                )
-                .order_by(Nudge.nudge_id)
-                .limit(1)
-            ).first()
+            nudge = self.nudges.by_sms_message(session, sid)
             if nudge is None:
                 return "unknown_message"
             outcome = "unchanged"
             if twilio_moves(nudge.delivery_status, status):
-                nudge.delivery_status, nudge.delivery_updated_at = status, now
+                self.nudges.set_delivery(session, nudge, status, now)
                 outcome = "moved"
                 state = TWILIO_EVENT_STATE.get(status)
                 if state is not None:
-                    event = self._status(nudge, state, "twilio", sid, error_code, now, session)
+                    event = self.nudges.message_status(
+                        session,
+                        nudge,
+                        state,
+                        now,
+                        cause=f"twilio:{sid}:{state}",
+                        provider="twilio",
+                        provider_message_id=sid,
+                        error_code=error_code,
+                    )
                     record_events(session, [event], now)
             # A recipient who texted STOP to Twilio itself: never text them again. Kept apart
             # from the status move (it may come with a status already passed), once per sid.
@@ -569,30 +607,6 @@ class _Webhooks:
             if person is not None and person.phone:
                 return person.phone
         return None
-
-    @staticmethod
-    def _status(
-        nudge: Nudge,
-        state: MessageState,
-        provider: str,
-        provider_message_id: str | None,
-        error_code: str | None,
-        at: datetime,
-        session: Session,
-        cause: str | None = None,
-    ) -> MessageStatus:
-        return MessageStatus(
-            event_id=_event_id(provider, cause or f"{provider_message_id}:{state}", nudge.nudge_id),
-            event_time=at,
-            nudge_id=nudge.nudge_id,
-            supporter_id=survivor_of(session, nudge.supporter_id),
-            channel="sms" if nudge.channel == "sms" else "email",
-            rule=nudge.rule,
-            status=state,
-            provider=provider,
-            provider_message_id=provider_message_id,
-            error_code=error_code,
-        )
 
     # --- SendGrid events ---
 
@@ -617,28 +631,16 @@ class _Webhooks:
 
     def _sendgrid_nudge(self, session: Session, item: Mapping[str, Any]) -> Nudge | None:
         """The nudge an event is about: by the ``nudge_id`` custom argument our sender adds,
-        else by the X-Message-Id that ``sg_message_id`` starts with. Only email nudges not
-        sent by another provider."""
-        nudge: Nudge | None = None
+        else by the X-Message-Id that ``sg_message_id`` starts with."""
         nudge_id = item.get("nudge_id")
         if isinstance(nudge_id, str) and _TEXT.fullmatch(nudge_id):
-            nudge = session.get(Nudge, nudge_id)
-        else:
-            message_id = item.get("sg_message_id")
-            if isinstance(message_id, str) and message_id:
-                prefix = message_id.split(".", 1)[0]
-                if _PRINTABLE.fullmatch(prefix):
-                    nudge = session.scalars(
-                        select(Nudge)
-                        .where(Nudge.provider_message_id == prefix, Nudge.channel == "email")
-                        .order_by(Nudge.nudge_id)
-                        .limit(1)
-                    ).first()
-        if nudge is None or nudge.channel != "email":
-            return None
-        if nudge.provider not in (None, "sendgrid"):
-            return None
-        return nudge
+            return self.nudges.email(session, nudge_id, None)
+        message_id = item.get("sg_message_id")
+        if isinstance(message_id, str) and message_id:
+            prefix = message_id.split(".", 1)[0]
+            if _PRINTABLE.fullmatch(prefix):
+                return self.nudges.email(session, None, prefix)
+        return None
 
     def _sendgrid_item(self, session: Session, item: Any, now: datetime) -> str:
         """Apply one event: "applied", "duplicate", or the reason it was skipped. Everything
@@ -664,9 +666,17 @@ class _Webhooks:
             else None
         )
 
-        def status(state: MessageState) -> MessageStatus:
+        def status(state: MessageState, cause: str = receipt) -> MessageStatus:
             assert nudge is not None
-            return self._status(nudge, state, "sendgrid", message_id, None, at, session, receipt)
+            return self.nudges.message_status(
+                session,
+                nudge,
+                state,
+                at,
+                cause=f"sendgrid:{cause}",
+                provider="sendgrid",
+                provider_message_id=message_id,
+            )
 
         suppression: tuple[str, str] | None = None  # (reason, source)
         events: list[Event] = []
@@ -726,21 +736,20 @@ class _Webhooks:
         if delivery is not None:
             assert nudge is not None
             if sendgrid_moves(nudge.delivery_status, delivery):
-                nudge.delivery_status, nudge.delivery_updated_at = delivery, now
+                self.nudges.set_delivery(session, nudge, delivery, now)
             else:  # not a move: no status event either
                 events = [e for e in events if not isinstance(e, MessageStatus)]
-        if nudge is not None and nudge.status == "ambiguous":
-            # The send timed out, but SendGrid reports on the message: it took it. Settled
-            # here, before the sender's lookup would ask (and never resent).
-            nudge.status, nudge.reason_code = "sent", "confirmed"
-            nudge.reason = f"SendGrid reported it ({kind}) after an unanswered send"
-            nudge.provider, nudge.sent_at = "sendgrid", at
-            if message_id is not None and nudge.provider_message_id is None:
-                nudge.provider_message_id = message_id.split(".", 1)[0][:200]
-            cause = f"{receipt}:confirmed"
-            events.append(
-                self._status(nudge, "sent", "sendgrid", message_id, None, at, session, cause)
-            )
+        # The send timed out, but SendGrid reports on the message: it took it. Settled here,
+        # before the sender's lookup would ask (and never resent).
+        if nudge is not None and self.nudges.confirm_sent(
+            session,
+            nudge,
+            "sendgrid",
+            message_id.split(".", 1)[0] if message_id is not None else None,
+            at,
+            f"SendGrid reported it ({kind}) after an unanswered send",
+        ):
+            events.append(status("sent", f"{receipt}:confirmed"))
         record_events(session, events, now)
         return "applied"
 
@@ -789,13 +798,14 @@ def webhooks_router(
     twilio_auth_token: str | None,
     sendgrid_public_key: str | None,
     max_age_s: float,
+    nudges: NudgeRecords,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> APIRouter:
     """The provider webhooks. Without a Twilio auth token or a SendGrid public key, that
     provider's endpoints refuse every request (403). ``public_url`` is the base Twilio was
     given (scheme, host, any path prefix): the signature covers it, not the Host we see."""
     router = APIRouter(prefix="/webhooks", tags=["webhooks"])
-    hooks = _Webhooks(sessions, identity_key, org_name, clock)
+    hooks = _Webhooks(sessions, identity_key, org_name, clock, nudges)
     base = public_url.rstrip("/")
     verifier: EventWebhook | None = None
     if sendgrid_public_key:

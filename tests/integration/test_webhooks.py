@@ -33,7 +33,7 @@ from twilio.request_validator import RequestValidator
 
 from consumers.dispatch import Dispatcher
 from consumers.rendering import TemplateBook
-from consumers.repository import list_outbox, store_nudges
+from consumers.repository import Nudges, list_outbox, store_nudges
 from infra.consent import suppressed
 from infra.db import (
     ConsentRecord,
@@ -54,8 +54,8 @@ from producers.webhooks import (
     twilio_signature_valid,
     webhooks_router,
 )
-from schemas.events import NudgeRequested
 from schemas.identity import contact_identity
+from tests.factories import add_supporter, nudge_request
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers"
 KEY = "test-key"
@@ -168,6 +168,7 @@ def router_app(
             twilio_auth_token=twilio_auth_token,
             sendgrid_public_key=sendgrid_public_key,
             max_age_s=600,
+            nudges=Nudges(),
             clock=clock,
         )
     )
@@ -266,20 +267,16 @@ def seed_person(
     """A supporter with contact details, consent given a day ago, and (optionally) the
     identity links ingest writes; without links they are like rows older than the links."""
     with sessions.begin() as session:
-        session.add(
-            Supporter(supporter_id=sid, email=email, phone=phone, first_name="Jo", area=area)
+        add_supporter(
+            session,
+            sid,
+            email=email,
+            phone=phone,
+            area=area,
+            consent=consent,
+            consented_at=datetime.now(UTC) - timedelta(days=1),
+            wording_version=WORDING,
         )
-        for channel in consent:
-            session.add(
-                ConsentRecord(
-                    supporter_id=sid,
-                    channel=channel,
-                    granted=True,
-                    source="signup",
-                    wording_version=WORDING,
-                    recorded_at=datetime.now(UTC) - timedelta(days=1),
-                )
-            )
         if link and email:
             identity = contact_identity(KEY, "email", email)
             session.add(IdentityLink(identity=identity, supporter_id=sid))
@@ -303,14 +300,13 @@ def add_nudge(
         store_nudges(
             session,
             [
-                NudgeRequested(
-                    event_time=datetime.now(UTC),
-                    nudge_id=nudge_id,
-                    supporter_id=sid,
-                    channel=channel,
+                nudge_request(
+                    nudge_id,
+                    sid,
+                    channel,
+                    datetime.now(UTC),
                     template=template,
                     rule="test-rule",
-                    cause_event_id=uuid.uuid4(),
                     context={"petition_title": "Clean air", "area": "Hackney"},
                 )
             ],
