@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +26,8 @@ _INGEST = TypeAdapter(IngestEvent)
 MAX_FUTURE = timedelta(days=1)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 INGEST_TYPES = frozenset(model.topic for model in INGEST_TO_TOPIC.values())
+# Puts the bearer scheme in the OpenAPI document; the check itself is bearer_refusal's.
+_BEARER = HTTPBearer(auto_error=False, description="The API token (ENGAGE_API_TOKEN).")
 
 
 class FieldError(BaseModel):
@@ -125,11 +128,19 @@ def _field(prefix: str, loc: tuple[int | str, ...]) -> str:
 
 
 def ingest_router(service: IngestService) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["ingest"])
+    router = APIRouter(prefix="/v1", tags=["ingest"], dependencies=[Security(_BEARER)])
+    max_body = service.max_batch * 4096
     problems: dict[int | str, dict[str, Any]] = {
-        400: {"model": ProblemDetail, "description": "Malformed JSON."},
-        401: {"model": ProblemDetail, "description": "Missing or wrong bearer token."},
-        413: {"model": ProblemDetail, "description": "Batch or body too large."},
+        400: {
+            "model": ProblemDetail,
+            "description": "Malformed JSON, or text with a NUL character (\\u0000).",
+        },
+        401: {
+            "model": ProblemDetail,
+            "description": "Missing or wrong bearer token.",
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}},
+        },
+        413: {"model": ProblemDetail, "description": f"Body larger than {max_body} bytes."},
         422: {"model": IngestResult, "description": "Some events rejected; valid ones kept."},
     }
 
@@ -138,8 +149,8 @@ def ingest_router(service: IngestService) -> APIRouter:
         if refused is not None:
             return refused
         body = await request.body()
-        if len(body) > service.max_batch * 4096:
-            return problem(413, "body", f"larger than {service.max_batch * 4096} bytes")
+        if len(body) > max_body:
+            return problem(413, "body", f"larger than {max_body} bytes")
         if b"\\u0000" in body:
             return problem(400, "body", "NUL characters (\\u0000) are not allowed in text")
         try:
@@ -165,8 +176,9 @@ def ingest_router(service: IngestService) -> APIRouter:
         "/events",
         status_code=202,
         response_model=IngestResult,
+        response_description="Every event accepted, or a repeat of one accepted before.",
         responses=problems,
-        openapi_extra={"requestBody": _body_schema("IngestEvent")},
+        openapi_extra={"requestBody": _body("#/components/schemas/IngestEvent")},
         summary="Post one event",
     )
     async def post_event(request: Request) -> JSONResponse:
@@ -179,8 +191,21 @@ def ingest_router(service: IngestService) -> APIRouter:
         "/events/batch",
         status_code=202,
         response_model=IngestResult,
-        responses=problems,
-        openapi_extra={"requestBody": _body_schema("IngestBatch")},
+        response_description="Every event accepted, or a repeat of one accepted before.",
+        responses={
+            **problems,
+            413: {
+                "model": ProblemDetail,
+                "description": f"Body larger than {max_body} bytes,"
+                f" or more than {service.max_batch} events.",
+            },
+            422: {
+                "model": IngestResult | ProblemDetail,
+                "description": "Some events rejected, valid ones kept (IngestResult); or no"
+                " list 'events' in the body (ProblemDetail).",
+            },
+        },
+        openapi_extra={"requestBody": _batch_body(service.max_batch)},
         summary="Post a batch of events; valid ones are kept even when others are rejected",
     )
     async def post_batch(request: Request) -> JSONResponse:
@@ -199,23 +224,33 @@ def ingest_router(service: IngestService) -> APIRouter:
     return router
 
 
-def _body_schema(name: str) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+def _body(ref: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {"$ref": ref}}}}
+
+
+def _batch_body(max_batch: int) -> dict[str, Any]:
+    """The batch body, inline: its limit is the service's setting."""
+    events = {"type": "array", "items": {"$ref": "#/components/schemas/IngestEvent"}}
+    schema = {
+        "title": "IngestBatch",
+        "type": "object",
+        "required": ["events"],
+        "properties": {"events": {**events, "maxItems": max_batch}},
     }
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def openapi_components() -> dict[str, Any]:
     """JSON Schemas of the ingest bodies, for the OpenAPI document's components."""
     schema = _INGEST.json_schema(ref_template="#/components/schemas/{model}")
     components: dict[str, Any] = schema.pop("$defs", {})
+    bounds = (
+        f" Not before {EARLIEST:%Y-%m-%d}, and at most {MAX_FUTURE.days} day ahead of the"
+        " server's clock."
+    )
+    for model in INGEST_TO_TOPIC:
+        body = components[model.__name__]
+        body["required"] = ["type", *body.get("required", [])]  # the discriminator's tag
+        body["properties"]["event_time"]["description"] += bounds
     components["IngestEvent"] = schema
-    components["IngestBatch"] = {
-        "type": "object",
-        "required": ["events"],
-        "properties": {
-            "events": {"type": "array", "items": {"$ref": "#/components/schemas/IngestEvent"}}
-        },
-    }
     return components

@@ -10,6 +10,7 @@ from typing import Annotated, ClassVar, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from schemas.identity import normalise_email, normalise_phone
 
@@ -99,12 +100,89 @@ class ContactFields(Event):
         return self
 
 
+# What the ingest API's document says of the contact fields it normalises. A regex cannot say
+# everything the normalisers accept (email-validator's syntax, libphonenumber's allocated
+# ranges), so each pattern is a form the server always accepts, and the description says what
+# else it takes. tests/unit/test_ingest_document.py draws values from these patterns and feeds
+# them to the normalisers.
+INGEST_EMAIL_PATTERN = (
+    r"^[a-z0-9_%+'-]{1,32}(?:\.[a-z0-9_%+'-]{1,15}){0,2}"  # local part: at most 64
+    r"@(?:[a-z0-9]{1,20}(?:-[a-z0-9]{1,20}){0,2}\.){1,3}"  # labels: at most 62, no "--"
+    r"(?!(?:arpa|invalid|local|localhost|onion|test)$)[a-z]{2,24}$"  # not special-use
+)
+INGEST_PHONE_PATTERN = (  # UK mobiles in ranges libphonenumber holds valid (not 07700 900xxx)
+    r"^\+447(?:[1-3][0-9]{2}|4[0-46-9][0-9]|5[13-9][0-9]|7[1-7][0-9]|8[014-9][0-9]"
+    r"|9[024-9][0-9]|91[02-9])[0-9]{6}$"
+)
+INGEST_POSTCODE_PATTERN = r"^[A-Za-z]{1,2}[0-9][A-Za-z0-9]? ?[0-9][A-Za-z]{2}$"
+_EMAIL_DOC: JsonDict = {
+    "type": "string",
+    "format": "email",
+    "maxLength": 254,
+    "pattern": INGEST_EMAIL_PATTERN,
+    "examples": ["jo.bloggs@example.org"],
+}
+_PHONE_DOC: JsonDict = {
+    "type": "string",
+    "maxLength": 16,
+    "pattern": INGEST_PHONE_PATTERN,
+    "examples": ["+447911123456"],
+}
+_POSTCODE_DOC: JsonDict = {
+    "type": "string",
+    "maxLength": 8,
+    "pattern": INGEST_POSTCODE_PATTERN,
+    "examples": ["E2 7DJ"],
+}
+_EMAIL_WORDS = (
+    "Any address email-validator accepts (no DNS lookup; not a special-use domain such as"
+    " .test or .local), trimmed and lower-cased, so any case will do; the pattern is a form"
+    " always accepted. Blank counts as absent."
+)
+_PHONE_WORDS = (
+    "A number libphonenumber holds valid, in UK national form (07911 123456) or international,"
+    " stored in E.164; the pattern (UK mobiles in E.164) is a form always accepted, other"
+    " numbers may be refused. Blank counts as absent."
+)
+_POSTCODE_WORDS = (
+    "A UK postcode, any case, the space optional; stored in capitals with the space. Blank"
+    " counts as absent."
+)
+_CONTACT_DOCS: dict[str, tuple[JsonDict, str]] = {
+    "email": (_EMAIL_DOC, _EMAIL_WORDS),
+    "brought_by_email": (_EMAIL_DOC, _EMAIL_WORDS),
+    "phone": (_PHONE_DOC, _PHONE_WORDS),
+    "brought_by_phone": (_PHONE_DOC, _PHONE_WORDS),
+    "postcode": (_POSTCODE_DOC, _POSTCODE_WORDS),
+}
+
+
+def _document_contact_fields(schema: JsonDict) -> None:
+    """The ingest form of the contact fields in a model's JSON Schema (see the patterns
+    above), and the rule that an email or a phone identifies the supporter."""
+    properties = schema["properties"]
+    assert isinstance(properties, dict)
+    for name, (string, words) in _CONTACT_DOCS.items():
+        field = properties.get(name)
+        if not isinstance(field, dict):
+            continue
+        own = field.get("description")  # the field's own words come first
+        field["anyOf"] = [dict(string), {"type": "null"}]
+        field["description"] = f"{own} {words}" if isinstance(own, str) else words
+    schema["anyOf"] = [
+        {"required": [name], "properties": {name: {"type": "string"}}}
+        for name in ("email", "phone")
+    ]
+
+
 class Normalising(BaseModel):
     """Mixed into the ingest models: turns what people type into the normalised topic form.
 
     Blank strings count as absent; values of another type are left for the field's own
     type check to reject.
     """
+
+    model_config = ConfigDict(json_schema_extra=_document_contact_fields)
 
     @field_validator("email", mode="before", check_fields=False)
     @classmethod
