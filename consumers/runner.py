@@ -1,10 +1,17 @@
 """The consumer process: stores nudge and task requests idempotently, then dispatches nudges;
-keeps the newest engagement score per supporter (a read model)."""
+keeps the newest engagement score per supporter (a read model).
+
+Only bad input is dead-lettered (a record that does not validate, or a score the table cannot
+hold), each with a warning naming its topic, partition and offset. Anything else is a bug or an
+outage: it stops the worker, and the supervisor restarts it; the sender's loop alone rides out
+a database that is briefly unavailable.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,18 +19,25 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError
 from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.dispatch import Dispatcher
 from consumers.repository import store_nudges, store_scores, store_tasks, unstorable_score
-from infra.kafka import CONSUMER_DEFAULTS, Record, dead_letter
+from infra.kafka import CONSUMER_DEFAULTS, ConsumerSettings, Record, dead_letter
+from infra.logging import input_error, record_context
 from schemas.events import EngagementScored, Event, NudgeRequested, TaskCreated
 
 log = structlog.get_logger(__name__)
-MODELS: dict[str, type[Event]] = {
+MODELS: Mapping[str, type[Event]] = {
     m.topic: m for m in (NudgeRequested, TaskCreated, EngagementScored)
 }
 TOPICS = tuple(MODELS)
+GROUP = "engage-consumers"
+"""The sinks' consumer group, subscribed to ``TOPICS``."""
+DATABASE_HICCUPS = (OperationalError, InterfaceError, PoolTimeoutError)
+"""A lost connection, a locked SQLite file, a serialisation failure, an exhausted pool."""
 
 
 @dataclass
@@ -41,28 +55,35 @@ def parse_batch(batches: dict[TopicPartition, list[Any]]) -> Batch:
     dead letter naming its topic, partition, offset and error."""
     batch = Batch()
     for tp, messages in batches.items():
-        model = MODELS.get(tp.topic)
+        model = MODELS[tp.topic]  # the worker subscribes to these topics only
         for m in messages:
             try:
-                if model is None:
-                    raise ValueError(f"no model for topic {tp.topic!r}")
                 event = model.model_validate_json(m.value)
-                if isinstance(event, NudgeRequested):
-                    batch.nudges.append(event)
-                elif isinstance(event, TaskCreated):
-                    batch.tasks.append(event)
-                elif isinstance(event, EngagementScored):
-                    problem = unstorable_score(event)
-                    if problem is not None:
-                        raise ValueError(problem)
+            except ValidationError as exc:
+                batch.letters.append(_refuse(tp, m, str(exc), input_error(exc)))
+                continue
+            if isinstance(event, NudgeRequested):
+                batch.nudges.append(event)
+            elif isinstance(event, TaskCreated):
+                batch.tasks.append(event)
+            elif isinstance(event, EngagementScored):
+                problem = unstorable_score(event)
+                if problem is None:
                     batch.scores.append(event)
-            except (ValidationError, ValueError) as exc:
-                batch.letters.append(
-                    dead_letter(
-                        "consumers", tp.topic, tp.partition, m.offset, m.key, m.value, str(exc)
-                    )
-                )
+                else:
+                    batch.letters.append(_refuse(tp, m, problem, problem, event))
     return batch
+
+
+def _refuse(
+    tp: TopicPartition, m: Any, error: str, reason: str, event: Event | None = None
+) -> Record:
+    """A dead letter carrying ``error``, and a warning giving ``reason`` (which quotes no
+    input) with the record's topic, partition and offset."""
+    event_id, sid = (event.event_id, event.key()) if event is not None else (None, None)
+    with record_context(tp.topic, tp.partition, m.offset, event_id, sid):
+        log.warning("consumers.dead_letter", reason=reason)
+    return dead_letter("consumers", tp.topic, tp.partition, m.offset, m.key, m.value, error)
 
 
 class ConsumerWorker:
@@ -74,12 +95,14 @@ class ConsumerWorker:
         bootstrap: str,
         sessions: sessionmaker[Session],
         dispatcher: Dispatcher,
-        group_id: str = "engage-consumers",
+        group_id: str = GROUP,
+        consumer_settings: ConsumerSettings = CONSUMER_DEFAULTS,
     ) -> None:
         self.sessions = sessions
         self.dispatcher = dispatcher
         self.bootstrap = bootstrap
         self.group_id = group_id
+        self.consumer_settings = consumer_settings
 
     async def run(self, stop: asyncio.Event) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -87,7 +110,7 @@ class ConsumerWorker:
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
             client_id="engage-consumers",
-            **CONSUMER_DEFAULTS,
+            **self.consumer_settings.options(),
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, client_id="engage-consumers", acks="all"
@@ -97,14 +120,18 @@ class ConsumerWorker:
         dispatching = asyncio.create_task(self._dispatch_until(stop))
         try:
             while not stop.is_set():
+                if dispatching.done():
+                    dispatching.result()  # the sender stopped: raise what stopped it
                 batches = await self.consumer.getmany(timeout_ms=100, max_records=2000)
                 if batches:
                     await self._store(batches)
         finally:
             stop.set()
-            await dispatching
-            await self.consumer.stop()
-            await self.producer.stop()
+            try:
+                await dispatching
+            finally:
+                await self.consumer.stop()
+                await self.producer.stop()
 
     async def _dispatch_until(self, stop: asyncio.Event) -> None:
         await send_until(self.dispatcher, stop)
@@ -134,7 +161,8 @@ class ConsumerWorker:
 
 async def send_until(dispatcher: Dispatcher, stop: asyncio.Event, batch: int = 100) -> None:
     """Send what is due in short transactions until ``stop``; reconcile stale claims and
-    ambiguous sends every few seconds. A failing database is logged and tried again."""
+    ambiguous sends every few seconds. A database hiccup is logged and tried again; any other
+    error stops the sender (a claim it leaves behind is reconciled when its lease runs out)."""
     loop = asyncio.get_running_loop()
     every = min(10.0, dispatcher.policy.lease_s / 4)
     next_reconcile = loop.time()
@@ -145,8 +173,8 @@ async def send_until(dispatcher: Dispatcher, stop: asyncio.Event, batch: int = 1
                 next_reconcile = loop.time() + every
                 await asyncio.to_thread(dispatcher.reconcile)
             claimed = await asyncio.to_thread(dispatcher.dispatch_pending, batch)
-        except Exception as exc:  # a database hiccup must not stop the sender
-            log.warning("dispatch.failed", error=str(exc))
+        except DATABASE_HICCUPS:  # a database hiccup must not stop the sender
+            log.warning("dispatch.failed", exc_info=True)
         if not claimed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.05)

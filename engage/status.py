@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from kafka import TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from consumers import runner as sinks
 from infra.db import FollowUpTask, LedgerEvent, Nudge
 from infra.topic_reader import end_offsets
 from infra.topics import admin_client
-from schemas.catalogue import INPUT_TOPICS, TOPICS
+from schemas.catalogue import TOPICS
+from streams import worker as stream
 
-GROUPS: dict[str, tuple[str, ...]] = {
-    "engage-stream": INPUT_TOPICS,
-    "engage-consumers": ("nudge.requested", "task.created", "engagement.scored"),
-}
+GROUPS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {stream.GROUP: tuple(stream.SUBSCRIBED), sinks.GROUP: tuple(sinks.TOPICS)}
+)
+"""Each worker's consumer group and the topics it reads, as the workers declare them."""
 
 
 def topic_counts(bootstrap: str) -> dict[str, dict[TopicPartition, int]]:

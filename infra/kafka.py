@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,20 +30,39 @@ def ledger_producer(bootstrap: str) -> Any:
     )
 
 
-CONSUMER_DEFAULTS: dict[str, Any] = {
-    "enable_auto_commit": False,
-    "auto_offset_reset": "earliest",
-    "max_poll_records": 5000,
-    "fetch_max_wait_ms": 50,
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """aiokafka settings for the pipeline's own consumer groups (see docs/faust-table-stall.md).
+
+    Frozen: a worker is given its settings (tests pass a shorter session timeout) instead of
+    anyone changing a shared default.
+    """
+
+    max_poll_records: int = 5000
+    fetch_max_wait_ms: int = 50
     # Tansu answers a first JoinGroup after half the session timeout: 10 s gives a 5 s join.
-    "session_timeout_ms": 10_000,
-    "heartbeat_interval_ms": 1_000,
-    "max_poll_interval_ms": 300_000,
-    # Partition p of every input topic must land in the same worker (the state of a
-    # supporter is the fold over all their topics); aiokafka's default is round-robin.
-    "partition_assignment_strategy": (RangePartitionAssignor,),
-}
-"""aiokafka settings for the pipeline's own consumer groups (see docs/faust-table-stall.md)."""
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    max_poll_interval_ms: int = 300_000
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``AIOKafkaConsumer``: a fresh dict on every call."""
+        return {
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_poll_records": self.max_poll_records,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "max_poll_interval_ms": self.max_poll_interval_ms,
+            # Partition p of every input topic must land in the same worker (the state of a
+            # supporter is the fold over all their topics); aiokafka's default is round-robin.
+            "partition_assignment_strategy": (RangePartitionAssignor,),
+        }
+
+
+CONSUMER_DEFAULTS = ConsumerSettings()
+"""The settings the pipeline's consumer groups run with unless told otherwise."""
 
 
 def dead_letter(

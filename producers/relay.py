@@ -6,12 +6,17 @@ import threading
 from typing import Any
 
 import structlog
+from kafka.errors import KafkaError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.db import epoch_millis
 from producers.ledger import mark_published, unpublished
 
 log = structlog.get_logger(__name__)
+OUTAGES = (KafkaError, TimeoutError, OperationalError, InterfaceError, PoolTimeoutError)
+"""What a broker or database briefly out of reach raises: the relay waits and tries again."""
 
 
 class LedgerRelay:
@@ -49,11 +54,13 @@ class LedgerRelay:
         return len(rows)
 
     def run(self, stop: threading.Event, idle_s: float = 0.005) -> None:
+        """Publish until ``stop``. An outage is logged and retried after a second; any other
+        error is a bug and stops the relay (the supervisor restarts it)."""
         while not stop.is_set():
             try:
                 published = self.publish_pending()
-            except Exception as exc:
-                log.warning("relay.publish_failed", error=str(exc))
+            except OUTAGES:
+                log.warning("relay.publish_failed", exc_info=True)
                 stop.wait(1.0)
                 continue
             if published:

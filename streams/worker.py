@@ -6,6 +6,11 @@ partition is assigned, the worker replays it from the start up to the group's co
 offset without emitting, then carries on live. A crash after publishing and before
 committing replays a few events; each output has a deterministic id and idempotency key,
 so consumers act once.
+
+Only bad input is dead-lettered: a record that does not parse, or an event the engine refuses
+(``RefusedEvent``: dated far after it arrived, or outside the times the state keeps), each with
+a warning naming its topic, partition and offset. Any other exception is a bug in our code: it
+propagates and stops the worker (the supervisor restarts it), naming the record in a note.
 """
 
 from __future__ import annotations
@@ -20,14 +25,19 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from pydantic import ValidationError
 
-from infra.kafka import CONSUMER_DEFAULTS, Record, dead_letter
+from infra.kafka import CONSUMER_DEFAULTS, ConsumerSettings, Record, dead_letter
+from infra.logging import input_error, record_context
 from schemas.catalogue import INPUT_TOPICS, TOPICS
 from schemas.events import INPUT_EVENT_TYPES, Event
-from streams.engagement import NOT_PARSED, Engine, SupporterState, fold_order
+from streams.engagement import NOT_PARSED, Engine, RefusedEvent, SupporterState, fold_order
 
 log = structlog.get_logger(__name__)
+GROUP = "engage-stream"
+"""The stream workers' consumer group: every input topic, range-assigned."""
+SUBSCRIBED = INPUT_TOPICS
 
 
 def _arrival(item: tuple[tuple[int, ...], str, Any, Any]) -> int:
@@ -92,7 +102,7 @@ class EngagementProcessor:
             try:
                 parsed = model.model_validate_json(message.value)
                 event_ms = int(parsed.event_time.timestamp() * 1000)
-            except Exception as exc:  # dead-lettered when released, in its place
+            except ValidationError as exc:  # dead-lettered when released, in its place
                 parsed, event_ms = exc, NOT_PARSED
             key = fold_order(max(message.timestamp or 0, 0), event_ms, topic, message.offset)
             buffer.append((key, topic, message, parsed))
@@ -155,28 +165,51 @@ class EngagementProcessor:
     def _fold(
         self, topic: str, partition: int, message: Any, parsed: Any, emit: bool
     ) -> list[Record]:
+        if isinstance(parsed, ValidationError):
+            return self._refuse(topic, partition, message, parsed, emit)
+        event: Event = parsed
         states = self.states.setdefault(partition, {})
+        sid = event.key()
+        state = states.get(sid)
+        if state is None:
+            state = states[sid] = SupporterState()
+        arrived = message.timestamp / 1000 if (message.timestamp or 0) > 0 else None
         try:
-            if isinstance(parsed, Exception):
-                raise parsed
-            event: Event = parsed
-            sid = event.key()
-            state = states.get(sid)
-            if state is None:
-                state = states[sid] = SupporterState()
-            arrived = message.timestamp / 1000 if (message.timestamp or 0) > 0 else None
             caused = self.engine.apply(state, event, arrived, emit)
-        except Exception as exc:  # a bad event must not stop the partition
-            if not emit:
-                return []
-            error = f"{type(exc).__name__}: {exc}"
-            return [
-                dead_letter(
-                    "stream", topic, partition, message.offset, message.key, message.value, error
-                )
-            ]
+        except RefusedEvent as exc:  # bad input: a dead letter, and the partition goes on
+            return self._refuse(topic, partition, message, exc, emit, event)
+        except Exception as exc:  # a bug: stop, saying which record it was
+            with record_context(topic, partition, message.offset, event.event_id, sid):
+                log.error("stream.fold_failed", error=type(exc).__name__, live=emit)
+            exc.add_note(
+                f"while folding {topic} partition {partition} offset {message.offset} "
+                f"(event_id {event.event_id})"
+            )
+            raise
         key = sid.encode()  # every output is keyed by the supporter, as its cause is
         return [(out.topic, key, out.model_dump_json().encode()) for out in caused]
+
+    @staticmethod
+    def _refuse(
+        topic: str,
+        partition: int,
+        message: Any,
+        exc: ValueError,
+        emit: bool,
+        event: Event | None = None,
+    ) -> list[Record]:
+        """A dead letter for bad input (none again for a record replayed to rebuild state)."""
+        if not emit:
+            return []
+        event_id, sid = (event.event_id, event.key()) if event is not None else (None, None)
+        with record_context(topic, partition, message.offset, event_id, sid):
+            log.warning("stream.dead_letter", reason=input_error(exc))
+        error = f"{type(exc).__name__}: {exc}"
+        return [
+            dead_letter(
+                "stream", topic, partition, message.offset, message.key, message.value, error
+            )
+        ]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -186,8 +219,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         try:
             await self.worker.settle()
-        except Exception as exc:  # the next owner replays it; outputs are idempotent
-            log.warning("stream.commit_failed", error=str(exc))
+        except KafkaError:  # the next owner replays it; outputs are idempotent
+            log.warning("stream.commit_failed", exc_info=True)
+        except Exception as exc:  # aiokafka would log and swallow it: the worker's loop raises it
+            self.worker.failed = exc
         log.info("stream.revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -210,14 +245,17 @@ class StreamWorker:
         self,
         bootstrap: str,
         engine: Engine,
-        group_id: str = "engage-stream",
+        group_id: str = GROUP,
         clock: Callable[[], float] = time.time,
         tick_seconds: float = 60.0,
+        consumer_settings: ConsumerSettings = CONSUMER_DEFAULTS,
     ) -> None:
         """``clock`` tells the time lapse timers go by (tests move it); every
         ``tick_seconds`` of real time the worker asks what that time has caused."""
         self.bootstrap = bootstrap
         self.group_id = group_id
+        self.consumer_settings = consumer_settings
+        self.failed: BaseException | None = None  # raised in a rebalance callback
         self.processor = EngagementProcessor(engine)
         self.clock = clock
         self.tick_seconds = tick_seconds
@@ -231,7 +269,7 @@ class StreamWorker:
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
             client_id="engage-stream",
-            **CONSUMER_DEFAULTS,
+            **self.consumer_settings.options(),
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
@@ -245,18 +283,28 @@ class StreamWorker:
         # Same key, same partition count: an output belongs on its input's partition number,
         # so the producer can skip hashing every key (murmur2 in Python, ~10 us a record).
         self.co_partitioned = len(counts) == 1
-        self.consumer.subscribe(list(INPUT_TOPICS), listener=_Rebalance(self))
+        self.consumer.subscribe(list(SUBSCRIBED), listener=_Rebalance(self))
         await self.consumer.start()
         next_tick = time.monotonic() + self.tick_seconds
         try:
             while not stop.is_set():
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=5000)
+                if self.failed is not None:
+                    raise self.failed
                 if batches or any(self.processor.buffers.values()):
                     await self._handle(batches)
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_seconds
                     await self._tick()
             await self.settle()
+        except Exception:
+            # A bug (or a failed publish) stops the worker; the batch in flight was folded
+            # before it, so it is committed once its outputs are acknowledged.
+            try:
+                await self.settle()
+            except Exception:
+                log.warning("stream.commit_failed", exc_info=True)
+            raise
         finally:
             await self.consumer.stop()
             await self.producer.stop()

@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from schemas.catalogue import INPUT_TOPICS
 from schemas.events import (
@@ -24,7 +27,8 @@ from schemas.events import (
     SupporterSignup,
     TaskCreated,
 )
-from streams.engagement import NOT_PARSED, fold_order
+from streams.engagement import NOT_PARSED, Engine, fold_order
+from streams.playbook import load_playbook
 from streams.worker import EngagementProcessor, StreamWorker, _Rebalance
 from tests.unit.engine_events import default_engine
 
@@ -262,6 +266,133 @@ def test_an_event_dated_far_after_its_arrival_is_dead_lettered_with_the_reason()
     scored = rest[0]
     assert isinstance(scored, EngagementScored)
     assert (scored.rung, scored.previous_rung) == ("attendee", None)  # the first that counted
+
+
+MEETING_FIELDS = {"event_time": T0.isoformat(), "supporter_id": SID, "email": "jo@example.org"}
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"{not json jo@example.org", "ValidationError: record: json_invalid"),
+        (json.dumps(MEETING_FIELDS).encode(), "ValidationError: meeting_id: missing"),
+        (
+            json.dumps({**MEETING_FIELDS, "meeting_id": "m", "email": "JO@EXAMPLE.ORG"}).encode(),
+            "ValidationError: email: string_pattern_mismatch",
+        ),
+        (
+            json.dumps({**MEETING_FIELDS, "meeting_id": "m", "jo@example.org": 1}).encode(),
+            "ValidationError: unexpected field: extra_forbidden",
+        ),
+    ],
+    ids=["not-json", "missing-field", "bad-field", "extra-field"],
+)
+def test_a_dead_letter_is_logged_with_where_the_record_was_and_why_quoting_no_input(
+    value: bytes, reason: str
+) -> None:
+    p = processor()
+
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        (letter,) = decode(p.process(MEETINGS, 3, [Message(41, b"k-bad", value, ms(0))]))
+
+    assert isinstance(letter, DeadLetter) and letter.offset == 41
+    assert logs == [
+        {
+            "event": "stream.dead_letter",
+            "log_level": "warning",
+            "topic": MEETINGS,
+            "partition": 3,
+            "offset": 41,
+            "reason": reason,
+        }
+    ]
+    assert "example.org" not in repr(logs).lower()  # the input's email is nowhere in the log
+
+
+def test_a_refused_event_is_logged_with_its_event_and_supporter_ids() -> None:
+    p = processor()
+    future = attended(48)
+    arrived = Message(7, SID.encode(), future.model_dump_json().encode(), ms(0))
+
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        (letter,) = decode(p.process(MEETINGS, 1, [arrived]))
+
+    assert isinstance(letter, DeadLetter)
+    (line,) = logs
+    assert {k: v for k, v in line.items() if k != "reason"} == {
+        "event": "stream.dead_letter",
+        "log_level": "warning",
+        "topic": MEETINGS,
+        "partition": 1,
+        "offset": 7,
+        "event_id": str(future.event_id),
+        "supporter_id": SID,
+    }
+    assert line["reason"].startswith("FutureEvent: event_time is 48.0 h after the event arrived")
+
+
+@pytest.mark.parametrize(
+    ("when", "stamp"),
+    [
+        (datetime(1999, 12, 31, 23, 59, tzinfo=UTC), ms(0)),
+        (datetime(1970, 1, 1, tzinfo=UTC), -1),
+        (datetime(2200, 1, 1, tzinfo=UTC), -1),  # no arrival time: not refused as "future"
+    ],
+    ids=["before-2000", "long-before", "after-2136"],
+)
+def test_an_event_dated_outside_the_times_the_state_keeps_is_dead_lettered(
+    when: datetime, stamp: int
+) -> None:
+    p = processor()
+    event, later = attended().model_copy(update={"event_time": when}), attended()
+    outside = Message(3, SID.encode(), event.model_dump_json().encode(), stamp)
+
+    records = p.process(MEETINGS, 0, [outside, msg(4, later)])
+
+    letter = decode(records)[0]
+    assert isinstance(letter, DeadLetter) and letter.offset == 3
+    assert letter.error.startswith(f"RefusedEvent: event_time {when.isoformat()} is outside")
+    assert causes(records) == [str(later.event_id)]  # its neighbour is folded
+
+
+class BrokenRule(Engine):
+    """The default playbook with a bug in deciding rules: a KeyError, as a new rule reading a
+    field that is not there would raise."""
+
+    def __init__(self) -> None:
+        super().__init__(load_playbook())
+
+    def _decide(self, *args: Any, **kwargs: Any) -> Any:
+        raise KeyError("meeting_title")
+
+
+@pytest.mark.parametrize("committed", [0, 8], ids=["live", "replayed"])
+def test_a_bug_in_the_fold_is_raised_naming_the_record_and_is_not_dead_lettered(
+    committed: int,
+) -> None:
+    p = EngagementProcessor(BrokenRule())
+    p.reset([(SIGNUPS, 2)], {(SIGNUPS, 2): committed})
+    joined = signup()  # consenting: the welcome rule is decided
+
+    with capture_logs(processors=[merge_contextvars]) as logs, pytest.raises(KeyError) as raised:
+        p.process(SIGNUPS, 2, [msg(7, joined)])
+
+    assert raised.value.__notes__ == [
+        f"while folding {SIGNUPS} partition 2 offset 7 (event_id {joined.event_id})"
+    ]
+    assert logs == [
+        {
+            "event": "stream.fold_failed",
+            "log_level": "error",
+            "error": "KeyError",
+            "live": committed <= 7,
+            "topic": SIGNUPS,
+            "partition": 2,
+            "offset": 7,
+            "event_id": str(joined.event_id),
+            "supporter_id": SID,
+        }
+    ]
 
 
 # --- the fold order ---------------------------------------------------------------------------
@@ -763,3 +894,53 @@ def test_an_assignment_replays_each_partition_from_the_start_up_to_the_commit() 
     assert [t for t, _, _ in producer.sent] == ["engagement.scored"]  # the petition's only
     assert rules(producer.sent) == []  # attended before: no invite
     assert consumer.commits == [{meetings: 1, petitions: 1}]
+
+
+def test_a_bug_in_the_fold_stops_the_worker_before_it_publishes_or_commits_anything() -> None:
+    worker, producer, consumer = fake_worker()
+    worker.processor = EngagementProcessor(BrokenRule())
+    batches = {
+        TopicPartition(MEETINGS, 0): [Message(0, b"k-bad", b"junk", ms(-2))],  # bad input too
+        TopicPartition(SIGNUPS, 0): [msg(0, signup())],
+    }
+
+    with pytest.raises(KeyError):
+        asyncio.run(handle(worker, batches))
+
+    assert producer.sent == []  # not even the junk's dead letter: the batch is not published
+    assert consumer.commits == []
+
+
+def test_a_broker_error_settling_on_revocation_is_logged_with_its_traceback() -> None:
+    worker, _, _ = fake_worker()
+
+    async def unacked() -> None:
+        raise KafkaTimeoutError()
+
+    async def revoke() -> None:
+        worker._settling = asyncio.create_task(unacked())
+        await _Rebalance(worker).on_partitions_revoked(set())
+
+    with capture_logs() as logs:
+        asyncio.run(revoke())
+
+    assert [(e["event"], e.get("exc_info")) for e in logs] == [
+        ("stream.commit_failed", True),
+        ("stream.revoked", None),
+    ]
+    assert worker.failed is None
+
+
+def test_a_bug_settling_on_revocation_is_kept_for_the_worker_loop_to_raise() -> None:
+    worker, _, _ = fake_worker()
+
+    async def broken() -> None:
+        raise KeyError("offsets")
+
+    async def revoke() -> None:
+        worker._settling = asyncio.create_task(broken())
+        await _Rebalance(worker).on_partitions_revoked(set())
+
+    asyncio.run(revoke())
+
+    assert isinstance(worker.failed, KeyError)
