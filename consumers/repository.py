@@ -636,3 +636,17 @@ class Nudges:
         return True
 
     message_status = staticmethod(message_status)
+
+
+def stored_outputs(session: Session) -> tuple[dict[str, tuple[float, str]], set[str], set[str]]:
+    """Every stored (score, rung) by supporter, and every nudge's and task's key: what
+    `engage replay` compares a fold of the whole log with."""
+    scores = {
+        sid: (score, rung)
+        for sid, score, rung in session.execute(
+            select(SupporterScore.supporter_id, SupporterScore.score, SupporterScore.rung)
+        )
+    }
+    nudge_ids = set(session.scalars(select(Nudge.nudge_id)))
+    task_ids = set(session.scalars(select(FollowUpTask.task_id)))
+    return scores, nudge_ids, task_ids

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from engage import wiring
+from engage.extras import require_extras
 from infra.logging import configure_logging
 from infra.settings import Settings
 
@@ -127,6 +128,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_nudges(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.listings import nudge_line
     from consumers.repository import list_nudges, resolve_nudge
 
     if args.action in ("resend", "mark-sent", "give-up"):
@@ -141,11 +143,7 @@ def cmd_nudges(settings: Settings, args: argparse.Namespace) -> int:
     def read(session: Any, limit: int) -> list[dict[str, Any]]:
         return list_nudges(session, limit, statuses)
 
-    def line(row: dict[str, Any]) -> str:
-        reason = f"  {row['reason_code']}: {row['reason']}" if row["reason"] else ""
-        return f"{row['status']:<10} {row['channel']:<5} {row['nudge_id']}{reason}"
-
-    return _listing(settings, args, read, line, "nudges")
+    return _listing(settings, args, read, nudge_line, "nudges")
 
 
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
@@ -191,6 +189,7 @@ def _aware_datetime(text: str) -> datetime:
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     import dataclasses
 
+    require_extras("`engage simulate`", "sim")
     from producers.client import IngestClient
     from producers.simulator import simulate
 
@@ -220,21 +219,18 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
-    from datetime import datetime
     from pathlib import Path
 
     from producers.client import IngestClient
-    from producers.csv_import import format_report, import_sheet
+    from producers.csv_import import format_report, import_sheet, meeting_time
 
     sheet = Path(args.file)
     if not sheet.is_file():
         raise SystemExit(f"no such file: {sheet}")
     try:
-        when = datetime.fromisoformat(args.time)
-    except ValueError:
-        raise SystemExit(f"--time: not an ISO date and time: {args.time!r}") from None
-    if when.tzinfo is None:
-        raise SystemExit("--time: give a time zone, e.g. 2026-11-10T19:00:00+00:00")
+        when = meeting_time(args.time)
+    except ValueError as exc:
+        raise SystemExit(f"--time: {exc}") from None
     with IngestClient(_api_url(settings, args.url), settings.secret("api_token")) as client:
         report = import_sheet(
             client,
@@ -251,45 +247,33 @@ def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
 
 def _listing(settings: Settings, args: argparse.Namespace, read: Any, line: Any, noun: str) -> int:
     """Print rows from ``read(session, limit)``: JSON (a list of objects) or a line each."""
+    from consumers.listings import render_rows
+
     with wiring.sessions(settings)() as session:
         rows = read(session, args.limit)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(line(row))
-        print(f"{len(rows)} {noun}")
+    print(json.dumps(rows, indent=2) if args.json else render_rows(rows, line, noun))
     return 0
 
 
 def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.listings import outbox_entry
     from consumers.repository import list_outbox
 
-    def line(row: dict[str, Any]) -> str:
-        return f"[{row['channel']}] to {row['to']}  {row['subject'] or ''}\n  {row['body']}\n"
-
-    return _listing(settings, args, list_outbox, line, "messages")
+    return _listing(settings, args, list_outbox, outbox_entry, "messages")
 
 
 def cmd_tasks(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.listings import task_line
     from consumers.repository import list_tasks
 
-    def line(row: dict[str, Any]) -> str:
-        return (
-            f"due {row['due_at']}  {row['priority']:<6} {row['area'] or '-':<12} "
-            f"{row['supporter_id']}  {row['kind']}: {row['reason']}"
-        )
-
-    return _listing(settings, args, list_tasks, line, "tasks")
+    return _listing(settings, args, list_tasks, task_line, "tasks")
 
 
 def cmd_scores(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.listings import score_line
     from consumers.repository import top_scores
 
-    def line(row: dict[str, Any]) -> str:
-        return f"{row['score']:>8.2f}  {row['rung']:<18} {row['supporter_id']}"
-
-    return _listing(settings, args, top_scores, line, "supporters")
+    return _listing(settings, args, top_scores, score_line, "supporters")
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -301,14 +285,15 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from engage.bench.run import run_bench
-
     if args.scale_only:
         from engage.bench.state import replay_time, state_memory
 
         figures = state_memory(args.supporters)
         figures.update(replay_time(max(round(args.replay_events / 3.4), 1)))
     else:
+        require_extras("`engage bench`", "bench", "embedded", "sim")
+        from engage.bench.run import run_bench
+
         figures = run_bench(
             events=args.events, latency_seconds=args.latency_seconds, home=settings.home
         )
@@ -319,6 +304,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     import random
 
+    require_extras("`engage demo`", "sim")
     from engage.demo import run_demo
 
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
@@ -343,7 +329,9 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
-    from streams.replay import Source, replay_sharded
+    from consumers.repository import store_scores, stored_outputs
+    from schemas.events import EngagementScored
+    from streams.replay import Source, Stored, replay_report, replay_sharded
 
     engine = wiring.engine(settings)
     sessions = wiring.sessions(settings)
@@ -354,70 +342,18 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         else Source(database_url=settings.sqlalchemy_url)
     )
     result = replay_sharded(where, engine.playbook, time.time(), args.processes)
-    report = {
-        "source": source,
-        "events": result.events,
-        "refused": result.refused,
-        "supporters": len(result.scores),
-        "seconds": round(result.seconds, 2),
-        "events_per_s": round(result.events / result.seconds) if result.seconds else None,
-        **_compare_with_stored(sessions, result, engine.half_life_days, repair=args.repair),
-    }
-    print(json.dumps(report, indent=2))
-    return 0 if not (report["nudges_new"] or report["tasks_new"]) else 3
 
-
-def _compare_with_stored(
-    sessions: Any, result: Any, half_life_days: float, repair: bool
-) -> dict[str, Any]:
-    """How the replay's scores, nudges and tasks compare with what the consumers stored."""
-    import uuid
-
-    from sqlalchemy import select
-
-    from consumers.repository import store_scores
-    from infra.db import FollowUpTask, Nudge, SupporterScore
-    from schemas.events import EngagementScored
+    def repair(scores: list[EngagementScored]) -> None:
+        with sessions.begin() as session:
+            store_scores(session, scores)
 
     with sessions() as session:
-        stored = {
-            sid: (score, rung)
-            for sid, score, rung in session.execute(
-                select(SupporterScore.supporter_id, SupporterScore.score, SupporterScore.rung)
-            )
-        }
-        nudges = set(session.scalars(select(Nudge.nudge_id)))
-        tasks = set(session.scalars(select(FollowUpTask.task_id)))
-    differ = sorted(
-        sid for sid, (score, rung, _) in result.scores.items() if stored.get(sid) != (score, rung)
+        stored = Stored(*stored_outputs(session))
+    report = replay_report(
+        source, result, stored, engine.half_life_days, repair=repair if args.repair else None
     )
-    if repair and differ:
-        with sessions.begin() as session:
-            store_scores(
-                session,
-                [
-                    EngagementScored(
-                        event_id=uuid.uuid4(),
-                        event_time=result.scores[sid][2],
-                        supporter_id=sid,
-                        score=result.scores[sid][0],
-                        rung=result.scores[sid][1],
-                        cause_event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"replay:{sid}"),
-                        half_life_days=half_life_days,
-                    )
-                    for sid in differ
-                ],
-            )
-    return {
-        "scores_identical": len(result.scores) - len(differ),
-        "scores_different_or_missing": len(differ),
-        "scores_repaired": len(differ) if repair else 0,
-        "example_differences": differ[:5],
-        "nudges_decided": len(result.nudge_ids),
-        "nudges_new": len(result.nudge_ids - nudges),
-        "tasks_decided": len(result.task_ids),
-        "tasks_new": len(result.task_ids - tasks),
-    }
+    print(json.dumps(report, indent=2))
+    return 0 if not (report["nudges_new"] or report["tasks_new"]) else 3
 
 
 def cmd_playbook(settings: Settings, args: argparse.Namespace) -> int:

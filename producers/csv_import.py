@@ -231,6 +231,18 @@ def _short(message: str) -> str:
     return message.rstrip(".")
 
 
+def meeting_time(text: str) -> datetime:
+    """The meeting's time from an ISO-8601 date and time with a time zone; ValueError names
+    what is wrong."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not an ISO date and time: {text!r}") from None
+    if when.tzinfo is None:
+        raise ValueError("give a time zone, e.g. 2026-11-10T19:00:00+00:00")
+    return when
+
+
 def import_sheet(
     client: IngestClient,
     path: Path,

@@ -101,8 +101,27 @@ def fold_order(arrived_ms: int, event_ms: int, topic: str, offset: int) -> tuple
     return (arrived_ms, event_ms, TOPIC_RANK[topic], offset)
 
 
-class FutureEvent(ValueError):
+class RefusedEvent(ValueError):
+    """An event the engine will not fold, because of what the event says: refused, with the
+    reason (the stream dead-letters it). Any other exception from the fold is a bug."""
+
+
+class FutureEvent(RefusedEvent):
     """An event dated too far after it reached the log: refused, with the reason."""
+
+
+_LAST_TIME = 2**32 - 1
+"""The latest time the state can keep (seconds since 2000, packed in 32 bits: early 2136)."""
+
+
+def _packed_time(moment: datetime) -> int:
+    t = to_packed_time(moment)
+    if not 0 <= t <= _LAST_TIME:
+        raise RefusedEvent(
+            f"event_time {moment.isoformat()} is outside the times the engine keeps "
+            f"({to_datetime(0):%Y-%m-%d} to {to_datetime(_LAST_TIME):%Y-%m-%d})"
+        )
+    return t
 
 
 Decision = Literal["fired", "held out", "suppressed"]
@@ -135,6 +154,32 @@ class Trace:
 
     def current(self) -> TraceEntry | None:
         return self.entries[-1] if self.entries else None
+
+
+_Action = tuple[int, int, int, str | None]
+"""An action to fold: (kind code, packed time, fingerprint, area or None)."""
+
+
+def _event_actions(event: Event, at: int) -> tuple[list[_Action], int]:
+    """The actions an event stands for, its own first (with its area), and its kind code."""
+    main_kind, extra = kinds_of(event)
+    fp = event.event_id.int
+    area = event.__dict__.get("area")
+    main = KIND_CODE[main_kind]
+    return [(main, at, fp, area)] + [(KIND_CODE[k], at, fp, None) for k in extra], main
+
+
+def _merged_actions(event: IdentityMerged) -> list[_Action]:
+    """The absorbed supporter's actions that a merge brings to the one kept."""
+    return [
+        (KIND_CODE[a.kind], _packed_time(a.event_time), a.event_id.int, a.area)
+        for a in event.actions
+        if a.kind in KIND_CODE
+    ]
+
+
+def _trace_skipped(trace: Trace, event: Event, outcome: str) -> None:
+    trace.entries.append(TraceEntry(str(event.event_id), event.topic, event.event_time, outcome))
 
 
 class Engine:
@@ -182,7 +227,8 @@ class Engine:
         """Fold ``event`` into ``state`` (in place) and return what it causes.
 
         ``arrived`` is when the event reached the log (Unix seconds): events dated more than
-        the playbook's tolerance after it raise FutureEvent, and rules do not fire for events
+        the playbook's tolerance after it raise FutureEvent (a RefusedEvent, as are events
+        dated before 2000 or after the state's last time), and rules do not fire for events
         that arrive later than their ``stale_after_hours``. A repeated event changes nothing
         and causes nothing. With ``emit=False`` the state is rebuilt (replay): rules are
         decided and recorded as fired, and nothing is returned. ``decisions``, if given,
@@ -190,35 +236,61 @@ class Engine:
         """
         if state.rung == MERGED:
             if trace is not None:
-                trace.entries.append(
-                    TraceEntry(str(event.event_id), event.topic, event.event_time, "merged away")
-                )
+                _trace_skipped(trace, event, "merged away")
             return []
-        at = to_packed_time(event.event_time)
+        at = _packed_time(event.event_time)
         if arrived is not None and at + EPOCH > arrived + self.scorer.future_tolerance_s:
-            hours = (at + EPOCH - arrived) / 3600
-            raise FutureEvent(
-                f"event_time is {hours:.1f} h after the event arrived (tolerance "
-                f"{self.scorer.future_tolerance_s / 3600:g} h)"
-            )
+            raise self._too_far_ahead(at, arrived)
         if isinstance(event, IdentityMerged):
             if event.role == "absorbed":
                 state.actions, state.fired, state.rung = b"", b"", MERGED
                 return []
-            kinds = [
-                (KIND_CODE[a.kind], to_packed_time(a.event_time), a.event_id.int, a.area)
-                for a in event.actions
-                if a.kind in KIND_CODE
-            ]
-            main = None
+            kinds, main = _merged_actions(event), None
         else:
-            main_kind, extra = kinds_of(event)
-            fp = event.event_id.int
-            area = event.__dict__.get("area")
-            kinds = [(KIND_CODE[main_kind], at, fp, area)] + [
-                (KIND_CODE[k], at, fp, None) for k in extra
-            ]
-            main = KIND_CODE[main_kind]
+            kinds, main = _event_actions(event, at)
+        before = state.latest
+        outcome, values = self._fold_actions(state, kinds, main is not None)
+        if main is not None and outcome == "duplicate":
+            if trace is not None:
+                _trace_skipped(trace, event, "duplicate")
+            return []
+        view, previous = self._place(state, values)
+        entry = None if trace is None else self._trace_entry(trace, event, main, outcome, view)
+        sid = event.key()
+        outputs = self._emitted(event, sid, state, view, previous, before) if emit else []
+        # Rules answer actions that count: not a repeat, nor one over its cap or forgotten.
+        candidates = (
+            self.on_event.get(main, []) if main is not None and outcome == "counted" else []
+        )
+        if state.rung != previous:
+            candidates = candidates + self._rung_rules(previous, state.rung)
+        late = arrived - (at + EPOCH) if arrived is not None else 0.0
+        for index in candidates:
+            decision, output = self._decide(
+                index, state, view, sid, at, event, late=late, emit=emit
+            )
+            if entry is not None:
+                entry.rules.append(decision)
+            if decisions is not None and decision.output_id is not None:
+                decisions.append(decision)
+            if output is not None:
+                outputs.append(output)
+        return outputs
+
+    def _too_far_ahead(self, at: int, arrived: float) -> FutureEvent:
+        hours = (at + EPOCH - arrived) / 3600
+        return FutureEvent(
+            f"event_time is {hours:.1f} h after the event arrived (tolerance "
+            f"{self.scorer.future_tolerance_s / 3600:g} h)"
+        )
+
+    def _fold_actions(
+        self, state: SupporterState, kinds: list[_Action], is_event: bool
+    ) -> tuple[str, list[int]]:
+        """Add ``kinds`` to the supporter's kept actions: the newest time and the area move
+        with them, and what has aged out is forgotten. Returns the outcome for the first (the
+        event's own action: counted, duplicate...) and the actions kept. A repeated event
+        (``is_event`` and its own action a duplicate) leaves the kept actions as they were."""
         scorer = self.scorer
         outcome = "counted"
         before = state.latest
@@ -233,12 +305,8 @@ class Engine:
                 state.latest = t
                 if area:
                     state.area = sys.intern(area)  # one copy per area, not per supporter
-        if main is not None and outcome == "duplicate":
-            if trace is not None:
-                trace.entries.append(
-                    TraceEntry(str(event.event_id), event.topic, event.event_time, "duplicate")
-                )
-            return []
+        if is_event and outcome == "duplicate":
+            return outcome, values
         if state.latest > before:
             state.lapsed = 0  # a new quiet spell starts
             kept = scorer.forget(values, state.latest)
@@ -246,9 +314,13 @@ class Engine:
                 values, changed = kept, True
         if changed:
             state.actions = pack_all(values)
-        sid = event.key()
+        return outcome, values
+
+    def _place(self, state: SupporterState, values: list[int]) -> tuple[View, int]:
+        """Score the kept actions as of the newest and put the supporter on the ladder: the
+        view (with the new rung) and the rung before."""
+        scorer = self.scorer
         view = scorer.view(values, state.latest, 0, state.area)
-        score = view.score
         if state.fell > state.latest:
             # Time has lowered the rung since the newest action: a late event is placed on the
             # ladder as of then, not as of the newest action, so it cannot undo the fall.
@@ -257,56 +329,54 @@ class Engine:
         else:
             previous, state.rung = state.rung, scorer.rung(view)
         view.rung = state.rung
-        entry = None
-        if trace is not None:
-            kind_name = "identity.merged" if main is None else kinds_of(event)[0]
-            entry = TraceEntry(
-                str(event.event_id),
-                kind_name,
-                event.event_time,
-                outcome,
-                score,
-                self.playbook.rung_names[state.rung],
-            )
-            trace.entries.append(entry)
-        outputs: list[Event] = []
-        names = self.rung_names
-        if emit:
-            outputs.append(
-                built(
-                    EngagementScored,
-                    event_id=derived_event_id(event.event_id, "scored"),
-                    # The score's moment at the engine's resolution (whole seconds), the one
-                    # the read model compares: never the cause's own sub-second time.
-                    event_time=to_datetime(state.latest),
-                    supporter_id=sid,
-                    score=round(score, 6),
-                    rung=names[state.rung],
-                    previous_rung=names[previous] if before else None,
-                    cause_event_id=event.event_id,
-                    half_life_days=self.half_life_days,
-                )
-            )
-        # Rules answer actions that count: not a repeat, nor one over its cap or forgotten.
-        candidates = (
-            self.on_event.get(main, []) if main is not None and outcome == "counted" else []
+        return view, previous
+
+    def _trace_entry(
+        self, trace: Trace, event: Event, main: int | None, outcome: str, view: View
+    ) -> TraceEntry:
+        """What the event did, for ``engage explain``: added to ``trace``, its rules to come."""
+        kind_name = "identity.merged" if main is None else kinds_of(event)[0]
+        entry = TraceEntry(
+            str(event.event_id),
+            kind_name,
+            event.event_time,
+            outcome,
+            view.score,
+            self.playbook.rung_names[view.rung],
         )
-        if state.rung != previous:
-            # Everyone starts on the first rung: a newcomer who starts higher moved up too.
-            if emit:
-                outputs.append(self._ladder_changed(sid, previous, view, event.event_id))
-            candidates = candidates + self._rung_rules(previous, state.rung)
-        late = arrived - (at + EPOCH) if arrived is not None else 0.0
-        for index in candidates:
-            decision, output = self._decide(
-                index, state, view, sid, at, event, late=late, emit=emit
+        trace.entries.append(entry)
+        return entry
+
+    def _emitted(
+        self,
+        event: Event,
+        sid: str,
+        state: SupporterState,
+        view: View,
+        previous: int,
+        before: int,
+    ) -> list[Event]:
+        """The live stream's outputs for a folded event: the score, and the rung change if
+        the rung moved (everyone starts on the first rung: a newcomer who starts higher
+        moved up too). Rules' outputs follow them."""
+        names = self.rung_names
+        outputs: list[Event] = [
+            built(
+                EngagementScored,
+                event_id=derived_event_id(event.event_id, "scored"),
+                # The score's moment at the engine's resolution (whole seconds), the one
+                # the read model compares: never the cause's own sub-second time.
+                event_time=to_datetime(state.latest),
+                supporter_id=sid,
+                score=round(view.score, 6),
+                rung=names[state.rung],
+                previous_rung=names[previous] if before else None,
+                cause_event_id=event.event_id,
+                half_life_days=self.half_life_days,
             )
-            if entry is not None:
-                entry.rules.append(decision)
-            if decisions is not None and decision.output_id is not None:
-                decisions.append(decision)
-            if output is not None:
-                outputs.append(output)
+        ]
+        if state.rung != previous:
+            outputs.append(self._ladder_changed(sid, previous, view, event.event_id))
         return outputs
 
     def _rung_rules(self, previous: int, current: int) -> list[int]:
@@ -512,7 +582,7 @@ class Engine:
         for event, arrived in events:
             try:
                 self.apply(state, event, arrived, emit=False, trace=trace)
-            except FutureEvent as exc:
+            except RefusedEvent as exc:
                 refused.append({"event_id": str(event.event_id), "reason": str(exc)})
         # What the stream's timer has done by now (lapse rules, rungs fallen as time passed).
         self.tick({sid: state}, now, emit=False)

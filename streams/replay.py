@@ -14,17 +14,25 @@ from __future__ import annotations
 import multiprocessing
 import re
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.db import LedgerEvent, epoch_millis
 from schemas.catalogue import INPUT_TOPICS
-from schemas.events import INPUT_EVENT_TYPES, Event, NudgeRequested, TaskCreated
+from schemas.events import (
+    INPUT_EVENT_TYPES,
+    EngagementScored,
+    Event,
+    NudgeRequested,
+    TaskCreated,
+)
 from streams.engagement import (
     MERGED,
     NOT_PARSED,
@@ -207,6 +215,78 @@ def _replay_shard(
     result = replay(Engine(playbook), source.records(shard, shards), now)
     result.states = {}  # the parent needs the scores and keys, not the states
     return result
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the consumers stored: each supporter's (score, rung), and the nudges' and tasks'
+    idempotency keys."""
+
+    scores: Mapping[str, tuple[float, str]]
+    nudge_ids: Set[str]
+    task_ids: Set[str]
+
+
+def compare_with_stored(
+    result: ReplayResult,
+    stored: Stored,
+    half_life_days: float,
+    repair: Callable[[list[EngagementScored]], object] | None = None,
+) -> dict[str, Any]:
+    """How the replay's scores, nudges and tasks compare with what the consumers stored.
+
+    With ``repair``, the scores that differ (or are missing) are handed to it as
+    engagement.scored events, as of each supporter's newest action, to be stored.
+    """
+    differ = sorted(
+        sid
+        for sid, (score, rung, _) in result.scores.items()
+        if stored.scores.get(sid) != (score, rung)
+    )
+    if repair is not None and differ:
+        repair([_repaired_score(result, sid, half_life_days) for sid in differ])
+    return {
+        "scores_identical": len(result.scores) - len(differ),
+        "scores_different_or_missing": len(differ),
+        "scores_repaired": len(differ) if repair is not None else 0,
+        "example_differences": differ[:5],
+        "nudges_decided": len(result.nudge_ids),
+        "nudges_new": len(result.nudge_ids - stored.nudge_ids),
+        "tasks_decided": len(result.task_ids),
+        "tasks_new": len(result.task_ids - stored.task_ids),
+    }
+
+
+def _repaired_score(result: ReplayResult, sid: str, half_life_days: float) -> EngagementScored:
+    score, rung, as_of = result.scores[sid]
+    return EngagementScored(
+        event_id=uuid.uuid4(),
+        event_time=as_of,
+        supporter_id=sid,
+        score=score,
+        rung=rung,
+        cause_event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"replay:{sid}"),
+        half_life_days=half_life_days,
+    )
+
+
+def replay_report(
+    source: str,
+    result: ReplayResult,
+    stored: Stored,
+    half_life_days: float,
+    repair: Callable[[list[EngagementScored]], object] | None = None,
+) -> dict[str, Any]:
+    """What `engage replay` prints: the fold's figures, then ``compare_with_stored``'s."""
+    return {
+        "source": source,
+        "events": result.events,
+        "refused": result.refused,
+        "supporters": len(result.scores),
+        "seconds": round(result.seconds, 2),
+        "events_per_s": round(result.events / result.seconds) if result.seconds else None,
+        **compare_with_stored(result, stored, half_life_days, repair),
+    }
 
 
 def topic_records(bootstrap: str, shard: int = 0, shards: int = 1) -> list[LogRecord]:

@@ -1,24 +1,30 @@
-"""Traffic simulator: realistic, seed-deterministic supporter journeys posted to the ingest API."""
+"""Supporter journeys: every event of a simulated population, drawn from one seeded Random."""
 
 from __future__ import annotations
 
 import random
-import time
 import unicodedata
 import uuid
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import phonenumbers
-from faker import Faker
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from producers.client import IngestClient
+from producers.simulator.population import (
+    AREAS,
+    DEFAULT_START,
+    EMAIL_DOMAINS,
+    INWARD_LETTERS,
+    MOBILE_SECOND_DIGITS,
+    NATIONAL_PETITIONS,
+    SIGNUP_SOURCES,
+    Area,
+    Meeting,
+    Petition,
+    plan_meetings,
+)
 
-DEFAULT_START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday; fixed so a seed repeats exactly
 CONSENT_WORDING = "v1"
 
 # Behaviour, as probabilities per supporter unless said otherwise. The resulting shares are
@@ -48,172 +54,6 @@ P_SPLIT_IDENTITY = 0.25  # of attendees who have both (not walk-ins): email-only
 
 
 @dataclass(frozen=True)
-class Petition:
-    petition_id: str
-    title: str
-
-
-@dataclass(frozen=True)
-class Area:
-    name: str
-    slug: str
-    weight: float
-    outward_codes: tuple[str, ...]
-    neighbourhoods: tuple[str, ...]
-    meeting_weekday: int  # Monday is 0
-    petitions: tuple[Petition, ...]
-
-
-@dataclass(frozen=True)
-class Meeting:
-    meeting_id: str
-    title: str
-    starts_at: datetime
-    area: str
-
-
-def _petitions(slug: str, *titles: str) -> tuple[Petition, ...]:
-    return tuple(Petition(f"pet-{slug}-{n}", title) for n, title in enumerate(titles, 1))
-
-
-NATIONAL_PETITIONS = _petitions(
-    "national",
-    "Rent controls now: cap rent rises at inflation",
-    "Free school meals for every child",
-)
-AREAS: tuple[Area, ...] = (
-    Area(
-        "Manchester", "manchester", 1.4,
-        ("M1", "M4", "M13", "M14", "M15", "M16", "M19", "M20"),
-        ("Levenshulme", "Hulme", "Moss Side", "Rusholme", "Ancoats"), 1,
-        _petitions(
-            "manchester",
-            "Save Levenshulme Library",
-            "Fix the damp in Hulme council homes",
-            "Safe crossings on Wilmslow Road",
-        ),
-    ),
-    Area(
-        "Leeds", "leeds", 1.0,
-        ("LS2", "LS4", "LS6", "LS7", "LS8", "LS9", "LS11"),
-        ("Headingley", "Harehills", "Chapeltown", "Kirkstall", "Beeston"), 2,
-        _petitions(
-            "leeds",
-            "Keep Kirkstall Leisure Centre open",
-            "A safe crossing on Harehills Lane",
-            "No to the Headingley rent hike",
-        ),
-    ),
-    Area(
-        "Bristol", "bristol", 1.0,
-        ("BS1", "BS2", "BS3", "BS5", "BS6", "BS7"),
-        ("Easton", "Bedminster", "St Pauls", "Bishopston", "Southville"), 3,
-        _petitions(
-            "bristol",
-            "Save the Easton community centre",
-            "Clean air zone for Bedminster schools",
-            "Fair rents in St Pauls",
-        ),
-    ),
-    Area(
-        "Glasgow", "glasgow", 1.0,
-        ("G3", "G11", "G12", "G20", "G31", "G41", "G42", "G51"),
-        ("Govanhill", "Govan", "Maryhill", "Dennistoun", "Partick"), 1,
-        _petitions(
-            "glasgow",
-            "Stop the Govanhill evictions",
-            "Warm homes for Govan",
-            "Keep the Maryhill swimming baths open",
-        ),
-    ),
-    Area(
-        "Cardiff", "cardiff", 0.8,
-        ("CF5", "CF10", "CF11", "CF14", "CF24"),
-        ("Splott", "Grangetown", "Canton", "Cathays", "Adamsdown"), 2,
-        _petitions(
-            "cardiff",
-            "Protect the Splott community garden",
-            "Safer cycle lanes on Cowbridge Road",
-            "Reopen Grangetown's youth club",
-        ),
-    ),
-    Area(
-        "Hackney", "hackney", 1.3,
-        ("E5", "E8", "E9", "N1", "N16"),
-        ("Dalston", "Clapton", "Homerton", "Stoke Newington", "Hackney Wick"), 3,
-        _petitions(
-            "hackney",
-            "Save Ridley Road Market",
-            "Clean air outside Hackney schools",
-            "Stop the Stoke Newington rent hikes",
-        ),
-    ),
-    Area(
-        "Birmingham", "birmingham", 1.2,
-        ("B5", "B10", "B11", "B12", "B13", "B29"),
-        ("Balsall Heath", "Sparkbrook", "Moseley", "Small Heath", "Selly Oak"), 0,
-        _petitions(
-            "birmingham",
-            "Reopen Moseley Road Baths",
-            "Fix the potholes in Sparkbrook",
-            "Keep Balsall Heath library open",
-        ),
-    ),
-    Area(
-        "Newcastle", "newcastle", 0.8,
-        ("NE1", "NE2", "NE4", "NE6", "NE15"),
-        ("Byker", "Walker", "Heaton", "Elswick", "Benwell"), 2,
-        _petitions(
-            "newcastle",
-            "Save Byker's youth club",
-            "Warm spaces in Walker this winter",
-            "Keep Metro fares down",
-        ),
-    ),
-)  # fmt: skip
-_INWARD_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"  # letters used in the inward code
-_EMAIL_DOMAINS = ("example.org", "example.com", "example.net", "mail.example.org")
-_SIGNUP_SOURCES = ("website", "website", "street-stall", "social", "referral")
-_MOBILE_SECOND_DIGITS = "45789"  # 074xx, 075xx, 077xx, 078xx, 079xx
-
-
-def plan_meetings(start: datetime = DEFAULT_START, days: int = 28) -> list[Meeting]:
-    """Every area's meetings in the window, by start time.
-
-    A branch meeting each week on the area's weekday at 18:30 UTC, and an action (door-knocking
-    or a street stall) every other Saturday at 11:00 UTC. Meetings starting in the last hour of
-    the window are left out so that their attendance still falls inside it.
-    """
-    end = start + timedelta(days=days)
-    first_day = datetime(start.year, start.month, start.day, tzinfo=start.tzinfo)
-    meetings: list[Meeting] = []
-    for offset in range(days + 1):
-        day = first_day + timedelta(days=offset)
-        for area in AREAS:
-            if day.weekday() == area.meeting_weekday:
-                at = day.replace(hour=18, minute=30)
-                title = f"{area.name} branch meeting"
-                meetings.append(Meeting(_meeting_id(area, at, "branch"), title, at, area.name))
-            if day.weekday() == 5 and (offset // 7) % 2 == 0:
-                at = day.replace(hour=11)
-                place = area.neighbourhoods[(offset // 14) % len(area.neighbourhoods)]
-                kind, title = (
-                    ("doors", f"Door-knocking in {place}")
-                    if (offset // 14) % 2 == 0
-                    else ("stall", f"Street stall in {place}")
-                )
-                meetings.append(Meeting(_meeting_id(area, at, kind), title, at, area.name))
-    return sorted(
-        (m for m in meetings if start < m.starts_at < end - timedelta(hours=1)),
-        key=lambda m: (m.starts_at, m.meeting_id),
-    )
-
-
-def _meeting_id(area: Area, at: datetime, kind: str) -> str:
-    return f"mtg-{area.slug}-{at:%Y%m%d}-{kind}"
-
-
-@dataclass(frozen=True)
 class _Person:
     first_name: str
     last_name: str
@@ -227,6 +67,8 @@ class _Journeys:
     """Builds every supporter's events; all randomness comes from one seeded ``Random``."""
 
     def __init__(self, seed: int, start: datetime, days: int) -> None:
+        from faker import Faker  # here only: an optional extra (sim), for the names
+
         self.rng = random.Random(seed)
         self.fake = Faker("en_GB")
         self.fake.seed_instance(seed)
@@ -270,7 +112,7 @@ class _Journeys:
             rsvp_starts = [m.starts_at for m in rsvps]
             latest = min(rsvp_starts, default=self.end) - timedelta(hours=2)
             signed_up = self._time_between(self.start, latest)
-            source = rng.choice(_SIGNUP_SOURCES)
+            source = rng.choice(SIGNUP_SOURCES)
         via_petition = (
             bool(petitions)
             and walk_in is None
@@ -408,7 +250,7 @@ class _Journeys:
         phone_only = rng.random() < P_PHONE_ONLY
         email = None if phone_only else self._email(first_name, last_name)
         phone = self._mobile() if phone_only or rng.random() < P_PHONE_WITH_EMAIL else None
-        inward = f"{rng.randint(1, 9)}{rng.choice(_INWARD_LETTERS)}{rng.choice(_INWARD_LETTERS)}"
+        inward = f"{rng.randint(1, 9)}{rng.choice(INWARD_LETTERS)}{rng.choice(INWARD_LETTERS)}"
         postcode = f"{rng.choice(area.outward_codes)} {inward}"
         return _Person(str(first_name), str(last_name), email, phone, postcode, area)
 
@@ -423,7 +265,7 @@ class _Journeys:
             f"{first}.{last}{rng.randint(1, 99)}",
             f"{first}_{last}{rng.randint(60, 99)}",
         )[style]
-        domain = rng.choice(_EMAIL_DOMAINS)
+        domain = rng.choice(EMAIL_DOMAINS)
         email = f"{local}@{domain}"
         while email in self.emails:
             email = f"{local}{rng.randint(1, 9999)}@{domain}"
@@ -434,7 +276,7 @@ class _Journeys:
         """A valid UK mobile in E.164 (phonenumbers' ranges; not the 07700 900xxx drama range)."""
         rng = self.rng
         while True:
-            digits = f"{rng.choice(_MOBILE_SECOND_DIGITS)}{rng.randrange(10**8):08d}"
+            digits = f"{rng.choice(MOBILE_SECOND_DIGITS)}{rng.randrange(10**8):08d}"
             candidate = f"+447{digits}"
             if candidate in self.phones:
                 continue
@@ -533,90 +375,3 @@ def generate_events(
         journeys.supporter()
     journeys.out.sort(key=lambda item: (item[0], item[1]))
     return [payload for _, _, payload in journeys.out]
-
-
-@dataclass
-class TypeCounts:
-    sent: int = 0
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-
-
-@dataclass
-class SimulationReport:
-    sent: int = 0
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    by_type: dict[str, TypeCounts] = field(default_factory=dict)
-    seconds: float = 0.0
-    sample_errors: list[str] = field(default_factory=list)  # the first few rejections
-
-
-def simulate(
-    client: IngestClient,
-    supporters: int,
-    seed: int,
-    batch_size: int = 500,
-    rate: float | None = None,
-    progress: bool = True,
-    *,
-    start: datetime | None = None,
-    days: int = 28,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> SimulationReport:
-    """Generate the traffic and post it in batches of ``batch_size``, at most ``rate`` events/s."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    if rate is not None and rate <= 0:
-        raise ValueError("rate must be positive")
-    events = generate_events(supporters, seed, start, days)
-    report = SimulationReport(by_type={})
-    type_of = {event["event_id"]: event["type"] for event in events}
-    for event_type in Counter(type_of.values()):
-        report.by_type[event_type] = TypeCounts()
-    began = clock()
-    with Progress(
-        TextColumn("[bold]simulating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("events"),
-        TimeRemainingColumn(),
-        disable=not progress,
-    ) as bar:
-        task = bar.add_task("events", total=len(events))
-        for offset in range(0, len(events), batch_size):
-            batch = events[offset : offset + batch_size]
-            if rate is not None:
-                wait = began + offset / rate - clock()
-                if wait > 0:
-                    sleep(wait)
-            result = client.post_batch(batch)
-            report.sent += len(batch)
-            for event in batch:
-                report.by_type[event["type"]].sent += 1
-            for event_id in result.accepted:
-                report.accepted += 1
-                _counts(report, type_of.get(event_id, "unknown")).accepted += 1
-            for event_id in result.duplicates:
-                report.duplicates += 1
-                _counts(report, type_of.get(event_id, "unknown")).duplicates += 1
-            for rejection in result.rejected:
-                report.rejected += 1
-                inside = 0 <= rejection.index < len(batch)
-                event_type = str(batch[rejection.index]["type"]) if inside else "unknown"
-                _counts(report, event_type).rejected += 1
-                if len(report.sample_errors) < 20:
-                    reasons = "; ".join(f"{e.field}: {e.reason}" for e in rejection.errors)
-                    report.sample_errors.append(
-                        f"{event_type} #{offset + rejection.index}: {reasons}"
-                    )
-            bar.advance(task, len(batch))
-    report.seconds = clock() - began
-    return report
-
-
-def _counts(report: SimulationReport, event_type: str) -> TypeCounts:
-    return report.by_type.setdefault(event_type, TypeCounts())
