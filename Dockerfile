@@ -14,16 +14,19 @@ RUN useradd --system --create-home --uid 10001 --user-group engage \
 
 WORKDIR /src
 
-# Dependencies first, read from pyproject.toml, so a code change does not reinstall them.
-COPY pyproject.toml ./
+# Dependencies first, read from pyproject.toml, so a code change does not reinstall them: only
+# `project.dependencies`, none of the extras (no embedded broker, faust or faker in production),
+# at the versions of the lock the tests passed with (constraints.txt, `make lock`).
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
+    && pip install -c constraints.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Then the project itself (a regular, non-editable install; the source tree is not kept).
+# Then the project itself, without extras (a regular, non-editable install; the source tree is
+# not kept).
 COPY . .
-RUN pip install . \
+RUN pip install -c constraints.txt . \
     && cd / \
     && rm -rf /src
 

