@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import fresh_pg_schema
+from tests.databases import fresh_pg_schema
+from tests.polling import wait_until
 
 TOKEN = "e2e-token"
 ENGAGE = str(Path(sys.executable).with_name("engage"))  # the console script, as a user runs it
@@ -63,17 +64,6 @@ class Pipeline:
         return time.monotonic() - started
 
 
-def wait_for(check: Any, timeout_s: float, what: str, interval_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -109,10 +99,11 @@ def _pipeline(tmp_path: Path, database_url: str | None) -> Iterator[Pipeline]:
         process = subprocess.Popen([ENGAGE, "up"], env=env, stdout=out, stderr=out)
     pipe = Pipeline(tmp_path / "home", process, env)
     try:
-        wait_for(
+        wait_until(
+            "engage up to start",
             lambda: (pipe.home / "run.json").exists() or process.poll() is not None,
             60,
-            "engage up to start",
+            interval_s=0.5,
         )
         assert process.poll() is None, output.read_text()
         yield pipe
@@ -123,3 +114,13 @@ def _pipeline(tmp_path: Path, database_url: str | None) -> Iterator[Pipeline]:
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each end-to-end test starts a whole pipeline (a broker, the API, the workers): under
+    pytest-xdist (`--dist loadgroup`) they all go to one worker, one at a time, so two never
+    compete for the 2 cores while the other worker runs the lighter tiers."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.xdist_group("e2e"))

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engage.processes import PARENT_ENV
 from infra.db import ConsentRecord, Nudge, Supporter, make_engine, migrate, session_factory
-from tests.conftest import fresh_pg_schema
+from tests.databases import fresh_pg_schema
 from tests.e2e.conftest import ENGAGE
 from tests.stub_providers import StubProviders
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from producers.simulator import generate_events
-from tests.e2e.conftest import ENGAGE, Pipeline, alive, wait_for
+from tests.e2e.conftest import ENGAGE, Pipeline, alive
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +59,14 @@ def test_events_posted_over_http_become_nudges_and_a_task(pipeline: Pipeline) ->
         rows: list[dict[str, Any]] = pipeline.cli("outbox", "--json")
         return rows if len(rows) >= 2 else None
 
-    rows = wait_for(outbox, 90, "the welcome and thank-you emails in the outbox")
+    rows = wait_until("the welcome and thank-you emails in the outbox", outbox, 90, 0.5)
     emails = [r for r in rows if r["channel"] == "email"]
     subjects = {r["subject"] for r in emails}
     assert {r["to"] for r in emails} == {"ann.jones@example.org"}
     assert any("Welcome" in s for s in subjects)
     assert any("Thanks" in s or "Thank" in s for s in subjects)
 
-    tasks = wait_for(lambda: pipeline.cli("tasks", "--json"), 60, "the follow-up task")
+    tasks = wait_until("the follow-up task", lambda: pipeline.cli("tasks", "--json"), 60, 0.5)
     assert len(tasks) == 1
     assert tasks[0]["kind"] == "first_meeting_follow_up"
     assert tasks[0]["supporter_id"].startswith("sup_")
@@ -94,14 +95,16 @@ def test_nothing_accepted_is_lost_when_each_process_is_killed(pipeline: Pipeline
     victims = ["stream", "consume", "relay", "api", "broker", "stream"]
     accepted = 0
     for index, chunk in enumerate(chunks):
-        response = wait_for(lambda c=chunk: _try_post(pipeline, c), 60, "the API to answer")
+        response = wait_until("the API to answer", lambda c=chunk: _try_post(pipeline, c), 60, 0.5)
         assert response.status_code == 202, response.text
         accepted += len(response.json()["accepted"])
         if index < len(victims):
             role = victims[index]
             pid = pipeline.run["pids"][role]
             os.kill(pid, signal.SIGKILL)
-            wait_for(lambda r=role, p=pid: pipeline.run["pids"][r] != p, 30, f"{role} restart")
+            wait_until(
+                f"{role} restart", lambda r=role, p=pid: pipeline.run["pids"][r] != p, 30, 0.5
+            )
     assert accepted == len(events)
 
     def settled() -> dict[str, Any] | None:
@@ -114,7 +117,7 @@ def test_nothing_accepted_is_lost_when_each_process_is_killed(pipeline: Pipeline
         return status if done else None
 
     try:
-        status = wait_for(settled, 180, "the pipeline to catch up after the kills", interval_s=2)
+        status = wait_until("the pipeline to catch up after the kills", settled, 180, interval_s=2)
     except AssertionError:
         print(pipeline.cli("status", "--json"))
         raise
@@ -182,10 +185,11 @@ def test_a_sign_in_sheet_imported_with_the_cli_becomes_follow_up_tasks(
     assert "line 4:" in run.stdout and "line 5:" in run.stdout  # the refused rows, with reasons
     assert "email" in run.stdout.split("line 5:")[1]
 
-    tasks = wait_for(
+    tasks = wait_until(
+        "a follow-up task per attendee",
         lambda: len(pipeline.cli("tasks", "--json")) == 2 and pipeline.cli("tasks", "--json"),
         60,
-        "a follow-up task per attendee",
+        0.5,
     )
     assert {t["area"] for t in tasks} == {"Hackney"}
     assert {t["due_at"] for t in tasks} == {(meeting + timedelta(hours=48)).isoformat()}

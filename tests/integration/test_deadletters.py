@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engage import cli
 from infra.broker import EmbeddedBroker
 from infra.db import DeadLetterRedrive
-from infra.kafka import CONSUMER_DEFAULTS, dead_letter, ledger_producer
+from infra.kafka import ConsumerSettings, dead_letter, ledger_producer
 from producers.deadletters import (
     Letter,
     Outcome,
@@ -39,6 +39,7 @@ from streams.engagement import Engine
 from streams.playbook import load_playbook
 from streams.worker import StreamWorker
 from tests.integration.running import Running
+from tests.polling import wait_until
 
 DEADLINE_S = 60.0
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -61,13 +62,11 @@ def publish_letter(producer: Any, letter: tuple[str, bytes, bytes]) -> Any:
 
 
 def wait_for_letter(bootstrap: str, letter_id: str) -> Letter:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        found = [item for item in read_letters(bootstrap).letters if item.id == letter_id]
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, f"no dead letter {letter_id}"
-        time.sleep(0.2)
+    def found() -> Letter | None:
+        letters = read_letters(bootstrap).letters
+        return next((item for item in letters if item.id == letter_id), None)
+
+    return wait_until(f"the dead letter {letter_id}", found, DEADLINE_S, 0.2)
 
 
 def keyed_records(bootstrap: str, topic: str, partition: int, key: bytes) -> list[Any]:
@@ -78,13 +77,14 @@ def keyed_records(bootstrap: str, topic: str, partition: int, key: bytes) -> lis
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
         found: list[Any] = []
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            found += [m for m in consumer.poll(timeout_ms=100).get(tp, []) if m.key == key]
+
+        def at_the_end() -> bool:
+            found.extend(m for m in consumer.poll(timeout_ms=100).get(tp, []) if m.key == key)
             high = consumer.highwater(tp)
-            if high is not None and consumer.position(tp) >= high:
-                return found
-            assert time.monotonic() < deadline, f"could not read {topic}:{partition} to its end"
+            return high is not None and consumer.position(tp) >= high
+
+        wait_until(f"reading {topic}:{partition} to its end", at_the_end, DEADLINE_S, 0)
+        return found
     finally:
         consumer.close()
 
@@ -110,14 +110,19 @@ def test_a_record_the_worker_dead_lettered_is_listed_and_redriven_once(
     producer: Any,
     sessions: sessionmaker[Session],
     group_id: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(CONSUMER_DEFAULTS, "session_timeout_ms", 6_000)  # a 3 s join on Tansu
     sid = f"sup_{uuid.uuid4().hex}"
     bad = b"{not json"
     meta = publish(producer, "event.attended", sid.encode(), bad)
     letter_id = f"event.attended:{meta.partition}:{meta.offset}"
-    worker = Running(StreamWorker(broker.bootstrap, Engine(load_playbook()), group_id=group_id))
+    worker = Running(
+        StreamWorker(
+            broker.bootstrap,
+            Engine(load_playbook()),
+            group_id=group_id,
+            consumer_settings=ConsumerSettings(session_timeout_ms=6_000),  # a 3 s join on Tansu
+        )
+    )
     try:
         wait_for_letter(broker.bootstrap, letter_id)
         recent = datetime.now(UTC) - timedelta(minutes=10)

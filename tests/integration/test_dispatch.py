@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -16,8 +15,8 @@ from consumers.dispatch import Dispatcher
 from consumers.messages import OutgoingMessage, Sender, SendError, SendResult
 from consumers.rendering import TemplateBook
 from consumers.repository import list_outbox, store_nudges
-from infra.db import ConsentRecord, Nudge, OutboxMessage, Supporter
-from schemas.events import NudgeRequested
+from infra.db import ConsentRecord, Nudge, OutboxMessage
+from tests.factories import add_supporter, consent_record, nudge_request
 
 SID = "sup_" + "1" * 32
 EMAIL = "jo.bloggs@example.org"
@@ -25,6 +24,7 @@ PHONE = "+447911123456"
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 WELCOME = f"welcome:{SID}"
 INVITE = f"invite-signer:{SID}"
+DAY = timedelta(days=1)
 
 
 @dataclass
@@ -63,38 +63,22 @@ def seed(
 ) -> None:
     with sessions.begin() as session:
         if person:
-            session.add(Supporter(supporter_id=SID, email=email, phone=phone, first_name="Jo"))
-        for channel in consent:
-            session.add(
-                ConsentRecord(
-                    supporter_id=SID,
-                    channel=channel,
-                    granted=True,
-                    source="signup",
-                    recorded_at=T0 - timedelta(days=1),
-                )
+            add_supporter(
+                session, SID, email=email, phone=phone, consent=consent, consented_at=T0 - DAY
             )
+        else:
+            session.add_all(consent_record(SID, channel, T0 - DAY) for channel in consent)
         store_nudges(
             session,
             [
-                NudgeRequested(
-                    event_time=T0,
-                    nudge_id=WELCOME,
-                    supporter_id=SID,
-                    channel="email",
-                    template="welcome",
-                    rule="welcome",
-                    cause_event_id=uuid.uuid4(),
-                    context={"area": "Hackney"},
-                ),
-                NudgeRequested(
-                    event_time=T0,
-                    nudge_id=INVITE,
-                    supporter_id=SID,
-                    channel="sms",
+                nudge_request(WELCOME, SID, "email", T0, context={"area": "Hackney"}),
+                nudge_request(
+                    INVITE,
+                    SID,
+                    "sms",
+                    T0,
                     template="invite_next_meeting",
                     rule="invite-signer",
-                    cause_event_id=uuid.uuid4(),
                     context={"petition_title": "Clean air"},
                 ),
             ],
@@ -110,14 +94,13 @@ def store_held_out(
         store_nudges(
             session,
             [
-                NudgeRequested(
-                    event_time=T0,
-                    nudge_id=nudge_id,
-                    supporter_id=SID,
-                    channel=channel,
+                nudge_request(
+                    nudge_id,
+                    SID,
+                    channel,
+                    T0,
                     template="sorry_we_missed_you",
                     rule="sorry-we-missed-you",
-                    cause_event_id=uuid.uuid4(),
                     holdout=True,
                 )
             ],

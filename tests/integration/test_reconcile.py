@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -38,11 +37,13 @@ from consumers.rendering import TemplateBook
 from consumers.repository import claim_nudges, store_nudges
 from consumers.runner import ConsumerWorker
 from infra.broker import EmbeddedBroker
-from infra.db import ConsentRecord, LedgerEvent, Nudge, Supporter
-from infra.kafka import CONSUMER_DEFAULTS, ledger_producer
+from infra.db import LedgerEvent, Nudge
+from infra.kafka import ConsumerSettings, ledger_producer
 from infra.topics import admin_client
 from schemas.events import MessageStatus, NudgeRequested
-from tests.integration.running import Running
+from tests.factories import add_supporter, nudge_request
+from tests.integration.running import DispatchRounds, Running
+from tests.polling import wait_until
 from tests.stub_providers import StubProviders
 
 Channel = Literal["email", "sms"]
@@ -145,30 +146,18 @@ def rig(stub: StubProviders, sessions: sessionmaker[Session]) -> Rig:
     """One supporter with an address and consent on both channels, a welcome nudge on each."""
     clock = Clock()
     with sessions.begin() as session:
-        session.add(Supporter(supporter_id=SID, email=EMAIL, phone=PHONE, first_name="Jo"))
-        for channel in NUDGES:
-            session.add(
-                ConsentRecord(
-                    supporter_id=SID,
-                    channel=channel,
-                    granted=True,
-                    source="signup",
-                    recorded_at=clock.now - timedelta(days=1),
-                )
-            )
+        add_supporter(
+            session,
+            SID,
+            email=EMAIL,
+            phone=PHONE,
+            consent=NUDGES,
+            consented_at=clock.now - timedelta(days=1),
+        )
         store_nudges(
             session,
             [
-                NudgeRequested(
-                    event_time=clock.now,
-                    nudge_id=nudge_id,
-                    supporter_id=SID,
-                    channel=channel,
-                    template="welcome",
-                    rule="welcome",
-                    cause_event_id=uuid.uuid4(),
-                    context={"area": "Hackney"},
-                )
+                nudge_request(nudge_id, SID, channel, clock.now, context={"area": "Hackney"})
                 for channel, nudge_id in NUDGES.items()
             ],
         )
@@ -507,15 +496,6 @@ def test_a_sender_whose_claim_was_taken_over_does_not_send_it_too(rig: Rig) -> N
 
 REPLAYED = 24
 """Nudges published for the replay test: half email, half SMS."""
-DEADLINE_S = 60.0
-
-
-def wait_until(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {DEADLINE_S:.0f}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def committed(bootstrap: str, group: str) -> dict[int, int]:
@@ -533,9 +513,8 @@ def test_replaying_the_whole_topic_from_the_start_calls_no_provider_again(
     stub: StubProviders,
     sessions: sessionmaker[Session],
     group_id: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(CONSUMER_DEFAULTS, "session_timeout_ms", 6_000)  # a short first join
+    short_join = ConsumerSettings(session_timeout_ms=6_000)  # a short first join on Tansu
     now = datetime.now(UTC)
     run = uuid.uuid4().hex[:8]
     nudges: dict[str, str] = {}  # nudge id -> the stub's key for it
@@ -543,15 +522,14 @@ def test_replaying_the_whole_topic_from_the_start_calls_no_provider_again(
         for i in range(REPLAYED):
             sid, phone = f"sup_{uuid.uuid4().hex}", f"+44792{i:07d}"
             channel: Channel = "sms" if i % 2 else "email"
-            session.add(Supporter(supporter_id=sid, email=f"r{i}@example.org", phone=phone))
-            session.add(
-                ConsentRecord(
-                    supporter_id=sid,
-                    channel=channel,
-                    granted=True,
-                    source="signup",
-                    recorded_at=now - timedelta(days=1),
-                )
+            add_supporter(
+                session,
+                sid,
+                email=f"r{i}@example.org",
+                phone=phone,
+                first_name=None,
+                consent=[channel],
+                consented_at=now - timedelta(days=1),
             )
             nudges[f"welcome:{sid}:{run}"] = phone if channel == "sms" else f"welcome:{sid}:{run}"
     ours: dict[int, int] = {}  # partition -> the last offset of our records
@@ -585,7 +563,7 @@ def test_replaying_the_whole_topic_from_the_start_calls_no_provider_again(
         return make_dispatcher(sessions, real_senders(stub.url), Clock())
 
     # The real clock: Clock() only starts at the real time, and these run for seconds.
-    first = Running(ConsumerWorker(broker.bootstrap, sessions, dispatcher(), group_id))
+    first = Running(ConsumerWorker(broker.bootstrap, sessions, dispatcher(), group_id, short_join))
     try:
         wait_until("every nudge sent", lambda: set(statuses().values()) == {"sent"})
         wait_until(
@@ -603,7 +581,11 @@ def test_replaying_the_whole_topic_from_the_start_calls_no_provider_again(
     replay_group = f"{group_id}-replay"  # new: it starts at offset 0 of every partition
     assert committed(broker.bootstrap, replay_group) == {}
     with capture_logs() as logs:
-        second = Running(ConsumerWorker(broker.bootstrap, sessions, dispatcher(), replay_group))
+        replayer = dispatcher()
+        rounds = DispatchRounds(replayer)
+        second = Running(
+            ConsumerWorker(broker.bootstrap, sessions, replayer, replay_group, short_join)
+        )
         try:
             wait_until(
                 "the replay to re-read all the first group read",
@@ -612,7 +594,13 @@ def test_replaying_the_whole_topic_from_the_start_calls_no_provider_again(
                     for p, o in read_before.items()
                 ),
             )
-            time.sleep(0.5)  # a few more dispatch and reconcile rounds, which must find nothing
+            # More rounds of the sender, which must find nothing: its reconcile round (made as
+            # it starts, and every lease_s / 4 after) and send rounds begun after the re-read.
+            seen = rounds.sends
+            wait_until(
+                "a reconcile round and three more send rounds",
+                lambda: rounds.reconciles >= 1 and rounds.sends >= seen + 3,
+            )
         finally:
             second.stop()
 

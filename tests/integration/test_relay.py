@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from infra.kafka import ledger_producer
 from producers.ledger import mark_all_unpublished, record_events
 from producers.relay import LedgerRelay
 from schemas.events import Event, EventRSVP, SupporterSignup
+from tests.polling import wait_until
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -32,12 +32,17 @@ def read(bootstrap: str, topic: str, want: int, keep: Callable[[Any], bool]) -> 
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         found: list[Any] = []
-        deadline = time.monotonic() + 30
-        while len(found) < want:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {len(found)} of {want} records on {topic}")
+
+        def arrived() -> bool:
+            if len(found) >= want:
+                return True
             for messages in consumer.poll(timeout_ms=100).values():
                 found.extend(m for m in messages if keep(m))
+            return False
+
+        wait_until(
+            f"{want} records on {topic}", arrived, 30, 0, lambda: f"only {len(found)} arrived"
+        )
         return found
     finally:
         consumer.close()
@@ -210,10 +215,9 @@ def test_the_run_loop_publishes_what_arrives_until_stopped(
     try:
         with sessions.begin() as session:
             session.add(LedgerEvent(event_id=uuid.uuid4(), topic=topic, key="k", payload="1"))
-        deadline = time.monotonic() + 30
-        while set(published(sessions).values()) != {True}:
-            assert time.monotonic() < deadline, "the relay did not publish"
-            time.sleep(0.02)
+        wait_until(
+            "the relay to publish", lambda: set(published(sessions).values()) == {True}, 30, 0.02
+        )
     finally:
         stop.set()
         thread.join(10)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,16 +34,17 @@ from consumers.repository import (
 )
 from consumers.runner import ConsumerWorker, parse_batch
 from infra.broker import EmbeddedBroker
-from infra.db import ConsentRecord, Nudge, OutboxMessage, Supporter
-from infra.kafka import CONSUMER_DEFAULTS, ledger_producer
+from infra.db import Nudge, OutboxMessage
+from infra.kafka import ConsumerSettings, ledger_producer
 from schemas.events import EngagementScored, Event, NudgeRequested, TaskCreated
 from streams.engagement import SupporterState
 from streams.replay import final_scores
-from tests.integration.running import Running
+from tests.factories import add_supporter, nudge_request
+from tests.integration.running import DispatchRounds, Running
+from tests.polling import wait_until
 from tests.unit.engine_events import attended, default_engine, no_show, petition, rsvp, signup
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-DEADLINE_S = 60.0
 
 
 def new_sid() -> str:
@@ -250,15 +250,14 @@ def consumers(
     broker: EmbeddedBroker,
     sessions: sessionmaker[Session],
     group_id: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Callable[[], Running[ConsumerWorker]]]:
     """Starts the consumer worker (outbox mode) on this test's database and consumer group."""
-    monkeypatch.setitem(CONSUMER_DEFAULTS, "session_timeout_ms", 6_000)  # a short first join
+    short_join = ConsumerSettings(session_timeout_ms=6_000)  # a short first join on Tansu
     started: list[Running[ConsumerWorker]] = []
 
     def start() -> Running[ConsumerWorker]:
         stage = Dispatcher(sessions, TemplateBook(), {}, "Grassroots Together", "http://x.test")
-        running = Running(ConsumerWorker(broker.bootstrap, sessions, stage, group_id))
+        running = Running(ConsumerWorker(broker.bootstrap, sessions, stage, group_id, short_join))
         started.append(running)
         return running
 
@@ -281,14 +280,6 @@ def send(broker: EmbeddedBroker) -> Iterator[Callable[..., Any]]:
 
 def send_event(send: Callable[..., Any], event: Event, partition: int | None = None) -> Any:
     return send(event.topic, event.key(), event.model_dump_json().encode(), partition)
-
-
-def wait_until(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class DeadLetters:
@@ -364,27 +355,17 @@ def test_the_worker_records_held_out_outputs_without_sending_or_queueing_them(
 ) -> None:
     sid = new_sid()
     with sessions.begin() as session:
-        session.add(Supporter(supporter_id=sid, email="jo@example.org", first_name="Jo"))
-        session.add(
-            ConsentRecord(
-                supporter_id=sid,
-                channel="email",
-                granted=True,
-                source="signup",
-                recorded_at=T0 - timedelta(days=1),
-            )
+        add_supporter(
+            session,
+            sid,
+            email="jo@example.org",
+            consent=["email"],
+            consented_at=T0 - timedelta(days=1),
         )
 
     def nudge(rule: str, template: str, holdout: bool) -> NudgeRequested:
-        return NudgeRequested(
-            event_time=T0,
-            nudge_id=f"{rule}:{sid}",
-            supporter_id=sid,
-            channel="email",
-            template=template,
-            rule=rule,
-            cause_event_id=uuid.uuid4(),
-            holdout=holdout,
+        return nudge_request(
+            f"{rule}:{sid}", sid, "email", T0, template=template, rule=rule, holdout=holdout
         )
 
     def task(rule: str, holdout: bool) -> TaskCreated:
@@ -419,9 +400,11 @@ def test_the_worker_records_held_out_outputs_without_sending_or_queueing_them(
             return [t["task_id"] for t in list_tasks(session, 1000) if t["supporter_id"] == sid]
 
     running = consumers()
+    rounds = DispatchRounds(running.worker.dispatcher)
     wait_until("the welcome sent", lambda: statuses().get(sent_nudge.nudge_id) == "sent")
     wait_until("the open task queued", lambda: queued() == [open_task.task_id])
-    time.sleep(0.5)  # a few more dispatcher rounds, which must leave the held-out nudge alone
+    seen = rounds.sends  # more dispatcher rounds, which must leave the held-out nudge alone
+    wait_until("three more dispatcher rounds", lambda: rounds.sends >= seen + 3)
     running.stop()
 
     assert statuses() == {held_nudge.nudge_id: "held_out", sent_nudge.nudge_id: "sent"}

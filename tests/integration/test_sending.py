@@ -11,7 +11,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,12 +36,11 @@ from infra.db import (
     LedgerEvent,
     Nudge,
     OutboxMessage,
-    Supporter,
     Suppression,
     make_engine,
     session_factory,
 )
-from schemas.events import NudgeRequested
+from tests.factories import add_supporter, nudge_request
 from tests.stub_providers import SENDGRID_PATH, StubProviders
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -174,34 +172,18 @@ def seed(
     (id, supporter number, channel), all requested at T0."""
     with sessions.begin() as session:
         for n in range(1, people + 1):
-            session.add(
-                Supporter(
-                    supporter_id=supporter_id(n), email=email(n), phone=phone(n), first_name="Jo"
-                )
+            add_supporter(
+                session,
+                supporter_id(n),
+                email=email(n),
+                phone=phone(n),
+                consent=consent,
+                consented_at=T0 - timedelta(days=1),
             )
-            for channel in consent:
-                session.add(
-                    ConsentRecord(
-                        supporter_id=supporter_id(n),
-                        channel=channel,
-                        granted=True,
-                        source="signup",
-                        recorded_at=T0 - timedelta(days=1),
-                    )
-                )
         store_nudges(
             session,
             [
-                NudgeRequested(
-                    event_time=T0,
-                    nudge_id=nudge_id,
-                    supporter_id=supporter_id(n),
-                    channel=channel,
-                    template="welcome",
-                    rule="welcome",
-                    cause_event_id=uuid.uuid4(),
-                    context={"area": "Hackney"},
-                )
+                nudge_request(nudge_id, supporter_id(n), channel, T0, context={"area": "Hackney"})
                 for nudge_id, n, channel in nudges
             ],
         )

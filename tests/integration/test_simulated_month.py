@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import TypeAdapter
 
 from infra.broker import EmbeddedBroker
-from infra.kafka import CONSUMER_DEFAULTS
+from infra.kafka import ConsumerSettings
 from producers.simulator import generate_events
 from schemas.events import (
     INGEST_TO_TOPIC,
@@ -44,12 +43,15 @@ from streams.engagement import Engine
 from streams.playbook import load_playbook
 from streams.replay import LogRecord, replay
 from streams.worker import StreamWorker
+from tests.polling import wait_until_async
 
 SUPPORTERS = 400
 SEED = 28
 IDENTITY_KEY = "simulated-month"  # fixed: the same people get the same ids (and hold-outs)
 OUTPUT_TOPICS = ("engagement.scored", "ladder.changed", "nudge.requested", "task.created")
 DEADLINE_S = 60.0
+SHORT_JOIN = ConsumerSettings(session_timeout_ms=6_000)
+"""Tansu answers a first JoinGroup after half the session timeout: keep the wait short."""
 _INGEST: TypeAdapter[Any] = TypeAdapter(IngestEvent)
 
 
@@ -181,15 +183,17 @@ class OutputReader:
     async def drain(self) -> None:
         """Read to each partition's high watermark (taken from fetch responses: Tansu's end
         offsets are wrong for multi-record batches)."""
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
+        marks: dict[TopicPartition, int | None] = {}
+
+        async def at_the_end() -> bool:
             await self.poll()
-            marks = {tp: self.consumer.highwater(tp) for tp in self.tps}
+            marks.update({tp: self.consumer.highwater(tp) for tp in self.tps})
             positions = {tp: await self.consumer.position(tp) for tp in self.tps}
-            if all(mark is not None and positions[tp] >= mark for tp, mark in marks.items()):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"could not read the outputs to the end: {marks}")
+            return all(mark is not None and positions[tp] >= mark for tp, mark in marks.items())
+
+        await wait_until_async(
+            "reading the outputs to the end", at_the_end, DEADLINE_S, explain=lambda: marks
+        )
 
     async def stop(self) -> None:
         await self.consumer.stop()
@@ -214,6 +218,7 @@ async def run_worker(
             group_id=group_id,
             clock=lambda: now,
             tick_seconds=3600,  # never, in this test: time alone causes nothing in the month
+            consumer_settings=SHORT_JOIN,
         )
         stop = asyncio.Event()
         running = asyncio.create_task(worker.run(stop))
@@ -231,14 +236,22 @@ async def run_worker(
                 ]
                 await asyncio.gather(*sent)
                 wanted = {str(p.event.event_id) for p in wave}
-                while not wanted <= reader.scored_causes:
+
+                async def scored(wanted: set[str] = wanted) -> bool:
+                    if wanted <= reader.scored_causes:
+                        return True
                     if running.done():
                         running.result()
                         raise AssertionError("the worker stopped")
-                    if time.monotonic() > deadline:
-                        missing = len(wanted - reader.scored_causes)
-                        raise AssertionError(f"wave {number}: {missing} events not scored")
                     await reader.poll()
+                    return False
+
+                await wait_until_async(
+                    f"wave {number} to be scored",
+                    scored,
+                    deadline - time.monotonic(),  # one deadline for all the waves
+                    explain=lambda w=wanted: f"{len(w - reader.scored_causes)} events not scored",
+                )
         finally:
             stop.set()
             await running  # settles: every output acknowledged, offsets committed
@@ -289,13 +302,6 @@ def _by_rule(ids: set[str]) -> dict[str, int]:
     return dict(Counter(i.split(":")[0] for i in ids))
 
 
-@pytest.fixture
-def short_join(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Tansu answers a first JoinGroup after half the session timeout: keep the wait short.
-    monkeypatch.setitem(CONSUMER_DEFAULTS, "session_timeout_ms", 6_000)
-
-
-@pytest.mark.usefixtures("short_join")
 def test_a_simulated_month_through_the_worker_is_what_a_replay_of_it_gives(
     broker: EmbeddedBroker, group_id: str
 ) -> None:
@@ -363,7 +369,6 @@ def assert_the_playbook_kept_its_promises(month: Month, outputs: list[Output]) -
     assert not any(v["holdout"] for v in tasks)
 
 
-@pytest.mark.usefixtures("short_join")
 def test_a_month_published_all_at_once_is_also_what_a_replay_gives(
     broker: EmbeddedBroker, group_id: str
 ) -> None:

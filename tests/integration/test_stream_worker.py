@@ -21,7 +21,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from infra.broker import EmbeddedBroker
-from infra.kafka import CONSUMER_DEFAULTS, ledger_producer
+from infra.kafka import ConsumerSettings, ledger_producer
 from infra.topics import admin_client
 from schemas.events import Event, EventAttended, PetitionSigned, SupporterSignup
 from streams.engagement import Engine
@@ -29,6 +29,7 @@ from streams.playbook import load_playbook
 from streams.scoring import DAY_S
 from streams.worker import StreamWorker
 from tests.integration.running import Running
+from tests.polling import wait_until
 
 OUTPUT_TOPICS = (
     "engagement.scored",
@@ -40,6 +41,10 @@ OUTPUT_TOPICS = (
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
 """Two days ago: events an hour or so around it arrive within their rules' 72 hours."""
 DEADLINE_S = 60.0
+SHORT_JOIN = ConsumerSettings(session_timeout_ms=6_000)
+"""Tansu answers a first JoinGroup after half the session timeout, and a worker that was the
+first member of a new group (generation 0) does not send LeaveGroup when it stops, so its
+successor waits out the session too. The broker's minimum session timeout keeps that short."""
 
 
 def new_sid() -> str:
@@ -127,25 +132,27 @@ class Outputs:
     def wait_for(
         self, what: str, check: Callable[[list[tuple[str, dict[str, Any]]]], bool]
     ) -> None:
-        deadline = time.monotonic() + DEADLINE_S
-        while not check(self.records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; have {self.records}")
+        def seen() -> bool:
+            if check(self.records):
+                return True
             self.poll()
+            return False
+
+        wait_until(what, seen, DEADLINE_S, 0, lambda: f"have {self.records}")
 
     def drain(self) -> None:
         """Read up to each partition's high watermark (taken from fetch responses)."""
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
+        marks: dict[TopicPartition, int | None] = {}
+
+        def at_the_end() -> bool:
             self.poll()
-            marks = {tp: self.consumer.highwater(tp) for tp in self.tps}
-            if all(
+            marks.update({tp: self.consumer.highwater(tp) for tp in self.tps})
+            return all(
                 mark is not None and self.consumer.position(tp) >= mark
                 for tp, mark in marks.items()
-            ):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"could not read to the end: {marks}")
+            )
+
+        wait_until("reading to the end", at_the_end, DEADLINE_S, 0, lambda: marks)
 
     def of(self, topic: str) -> list[dict[str, Any]]:
         return [v for t, v in self.records if t == topic]
@@ -176,6 +183,7 @@ class RunningWorker(Running[StreamWorker]):
                 group_id=group_id,
                 clock=clock,
                 tick_seconds=tick_seconds,
+                consumer_settings=SHORT_JOIN,
             )
         )
 
@@ -183,20 +191,22 @@ class RunningWorker(Running[StreamWorker]):
 def wait_committed(bootstrap: str, group_id: str, produced: dict[TopicPartition, int]) -> None:
     """Until the group has committed past every record produced (so its outputs are acked)."""
     admin = admin_client(bootstrap)
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while True:
-            committed = admin.list_group_offsets(group_id).get(group_id, {})
-            behind = {
+    behind: dict[TopicPartition, tuple[int | None, int]] = {}
+
+    def caught_up() -> bool:
+        committed = admin.list_group_offsets(group_id).get(group_id, {})
+        behind.clear()
+        behind.update(
+            {
                 tp: (committed[tp].offset if tp in committed else None, last + 1)
                 for tp, last in produced.items()
                 if tp not in committed or committed[tp].offset <= last
             }
-            if not behind:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"group {group_id} did not commit: {behind}")
-            time.sleep(0.1)
+        )
+        return not behind
+
+    try:
+        wait_until(f"group {group_id} to commit", caught_up, DEADLINE_S, 0.1, lambda: behind)
     finally:
         admin.close()
 
@@ -209,13 +219,7 @@ def producer(broker: EmbeddedBroker) -> Iterator[Producer]:
 
 
 @pytest.fixture
-def workers(
-    broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[..., RunningWorker]]:
-    # Tansu answers a first JoinGroup after half the session timeout, and a worker that was the
-    # first member of a new group (generation 0) does not send LeaveGroup when it stops, so its
-    # successor waits out the session too. The broker's minimum session timeout keeps that short.
-    monkeypatch.setitem(CONSUMER_DEFAULTS, "session_timeout_ms", 6_000)
+def workers(broker: EmbeddedBroker) -> Iterator[Callable[..., RunningWorker]]:
     started: list[RunningWorker] = []
 
     def start(group_id: str, **options: Any) -> RunningWorker:
@@ -507,10 +511,14 @@ def test_the_worker_clock_fires_lapse_rules_once_and_lowers_rungs(
             ),
         )
         seen = ticks[0]
-        deadline = time.monotonic() + DEADLINE_S
-        while ticks[0] < seen + 10:  # ten more ticks: nothing more may come of them
-            assert time.monotonic() < deadline, "the worker stopped ticking"
+
+        def ticked_ten_more() -> bool:  # ten more ticks: nothing more may come of them
+            if ticks[0] >= seen + 10:
+                return True
             outputs.poll()
+            return False
+
+        wait_until("ten more ticks of the worker's clock", ticked_ten_more, DEADLINE_S, 0)
         outputs.drain()
     finally:
         outputs.close()
@@ -558,12 +566,7 @@ def test_workers_in_one_group_each_own_whole_partition_numbers(
         complete = len(union) == len(INPUT_TOPICS) * 2 and sum(map(len, owned)) == len(union)
         return owned if complete else None
 
-    deadline = time.monotonic() + DEADLINE_S
-    owned = assignments()
-    while owned is None:
-        assert time.monotonic() < deadline, "the workers never shared out the partitions"
-        time.sleep(0.2)
-        owned = assignments()
+    owned = wait_until("the workers to share out the partitions", assignments, DEADLINE_S, 0.2)
     for tps in owned:
         numbers = {
             topic: {tp.partition for tp in tps if tp.topic == topic} for topic in INPUT_TOPICS
