@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -25,7 +25,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.dispatch import Dispatcher
 from consumers.repository import store_nudges, store_scores, store_tasks, unstorable_score
-from infra.kafka import CONSUMER_DEFAULTS, ConsumerSettings, Record, dead_letter
+from infra.kafka import (
+    CONSUMER_DEFAULTS,
+    ConsumerSettings,
+    Record,
+    dead_letter,
+    group_consumer,
+    output_producer,
+)
 from infra.logging import input_error, record_context
 from schemas.events import EngagementScored, Event, NudgeRequested, TaskCreated
 
@@ -105,16 +112,10 @@ class ConsumerWorker:
         self.consumer_settings = consumer_settings
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.consumer = AIOKafkaConsumer(
-            *TOPICS,
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            client_id="engage-consumers",
-            **self.consumer_settings.options(),
+        self.consumer = group_consumer(
+            self.bootstrap, self.group_id, "engage-consumers", self.consumer_settings, *TOPICS
         )
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, client_id="engage-consumers", acks="all"
-        )
+        self.producer = output_producer(self.bootstrap, "engage-consumers")
         await self.producer.start()
         await self.consumer.start()
         dispatching = asyncio.create_task(self._dispatch_until(stop))

@@ -159,7 +159,12 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     from infra.topics import ensure_topics
 
-    created = ensure_topics(_bootstrap(settings), settings.topic_partitions)
+    created = ensure_topics(
+        _bootstrap(settings),
+        settings.topic_partitions,
+        replication_factor=settings.topic_replication_factor,
+        min_insync_replicas=settings.topic_min_insync_replicas,
+    )
     print(f"created {len(created)} topics: {', '.join(created) or '-'}")
     return 0
 

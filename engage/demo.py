@@ -150,6 +150,7 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
     from producers.simulator import simulate
 
     console = Console()
+    settings, quiet_note = _demo_quiet_hours(settings, datetime.now(UTC))
     supervisor = Supervisor(settings)
     console.print("[bold]Starting the pipeline on the embedded broker…[/bold]")
     report: dict[str, Any] = {}
@@ -167,7 +168,6 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
             )
         report["result"] = result
 
-    quiet_note = _demo_quiet_hours()
     if quiet_note:
         console.print(quiet_note)
     sender = threading.Thread(target=traffic, name="simulate", daemon=True)
@@ -237,20 +237,21 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
     return 0
 
 
-def _demo_quiet_hours() -> str | None:
-    """By day the texts' 21:00-09:00 quiet hours would hide nothing: unless ENGAGE_SMS_QUIET_HOURS
-    is set, the demo makes the current London hour quiet, and says so."""
-    if "ENGAGE_SMS_QUIET_HOURS" in os.environ:
-        return None
-    hour = datetime.now(ZoneInfo("Europe/London")).hour
+def _demo_quiet_hours(settings: Settings, now: datetime) -> tuple[Settings, str | None]:
+    """By day the texts' 21:00-09:00 quiet hours would hide nothing: unless
+    ENGAGE_SMS_QUIET_HOURS is set, the demo runs with the current London hour quiet (settings
+    the supervisor hands its children), and says so."""
+    if "sms_quiet_hours" in settings.model_fields_set:
+        return settings, None
+    hour = now.astimezone(ZoneInfo("Europe/London")).hour
     if hour >= 21 or hour < 9:
-        return None
+        return settings, None
     window = f"{hour:02d}:00-{(hour + 2) % 24:02d}:00"
-    os.environ["ENGAGE_SMS_QUIET_HOURS"] = window
-    return (
+    note = (
         f"For this demo texts are quiet {window} London time, so some are held "
         "(the default is 21:00-09:00; ENGAGE_SMS_QUIET_HOURS sets it)."
     )
+    return settings.model_copy(update={"sms_quiet_hours": window}), note
 
 
 def _opt_outs_then_reimport(console: Console, settings: Settings, supervisor: Supervisor) -> None:

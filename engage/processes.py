@@ -107,11 +107,19 @@ class Supervisor:
             self.broker = EmbeddedBroker(log_path=self.logs / "broker.log").start()
             self.bootstrap = self.broker.bootstrap
             self._republish()
-        ensure_topics(self.bootstrap, self.settings.topic_partitions)
+        self._ensure_topics()
         for name in child_names(self.settings.stream_workers):
             self._spawn(name)
         self._wait_for_api()
         self._write_run_file()
+
+    def _ensure_topics(self) -> None:
+        ensure_topics(
+            self.bootstrap,
+            self.settings.topic_partitions,
+            replication_factor=self.settings.topic_replication_factor,
+            min_insync_replicas=self.settings.topic_min_insync_replicas,
+        )
 
     def _write_run_file(self) -> None:
         run = {
@@ -127,14 +135,21 @@ class Supervisor:
         temporary.replace(self.settings.run_file)
 
     def _env(self) -> dict[str, str]:
+        """The children's environment: the supervisor's settings, passed explicitly (no
+        ENGAGE_* variable of its own environment reaches them otherwise), and where they run."""
+        settings = self.settings
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_")}
         return {
-            **os.environ,
-            "ENGAGE_HOME": str(self.settings.home.resolve()),
-            "ENGAGE_DATABASE_URL": self.settings.sqlalchemy_url,
+            **inherited,
+            **settings.as_environment(),
+            "ENGAGE_HOME": str(settings.home.resolve()),
+            "ENGAGE_DATABASE_URL": settings.sqlalchemy_url,
             "ENGAGE_KAFKA_BOOTSTRAP": self.bootstrap,
             "ENGAGE_API_PORT": str(self.api_port),
             "ENGAGE_LOG_JSON": "true",
-            "ENGAGE_PUBLIC_URL": os.environ.get("ENGAGE_PUBLIC_URL", self.api_url),
+            "ENGAGE_PUBLIC_URL": settings.public_url
+            if "public_url" in settings.model_fields_set
+            else self.api_url,
             PARENT_ENV: str(os.getpid()),
         }
 
@@ -181,7 +196,7 @@ class Supervisor:
             kafka = [name for name in self.children if role_of(name) in KAFKA_ROLES]
             self._terminate_all([self.children[name].process for name in kafka], 5.0)
             self.broker = EmbeddedBroker(self.broker.port, self.logs / "broker.log").start()
-            ensure_topics(self.bootstrap, self.settings.topic_partitions)
+            self._ensure_topics()
             self._republish()
             for name in kafka:
                 self._spawn(name, self.children[name].restarts + 1)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka import KafkaProducer
 
@@ -15,18 +16,47 @@ Record = tuple[str, bytes, bytes]
 """(topic, key, value) of a record to publish."""
 
 
+def idempotent_producer(bootstrap: str, client_id: str, **overrides: Any) -> Any:
+    """The kafka-python producer (its idempotent producer works on Tansu, aiokafka's does
+    not): idempotent, acks=all, retried without end, short linger."""
+    options: dict[str, Any] = {
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 1,
+        "max_in_flight_requests_per_connection": 5,
+        "retries": 2**31 - 1,
+        "request_timeout_ms": 10_000,
+        **overrides,
+    }
+    return KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, **options)
+
+
 def ledger_producer(bootstrap: str) -> Any:
-    """kafka-python producer for the ledger relay: idempotent, acks=all, short linger."""
-    return KafkaProducer(
+    """The relay's producer: large batches of ledger rows."""
+    return idempotent_producer(bootstrap, "engage-relay", batch_size=256 * 1024)
+
+
+def group_consumer(
+    bootstrap: str,
+    group_id: str,
+    client_id: str,
+    settings: ConsumerSettings,
+    *topics: str,
+) -> AIOKafkaConsumer:
+    """The aiokafka consumer of one of the pipeline's groups: manual commits, range assignor."""
+    return AIOKafkaConsumer(
+        *topics,
         bootstrap_servers=bootstrap,
-        client_id="engage-relay",
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=1,
-        batch_size=256 * 1024,
-        max_in_flight_requests_per_connection=5,
-        retries=2**31 - 1,
-        request_timeout_ms=10_000,
+        group_id=group_id,
+        client_id=client_id,
+        **settings.options(),
+    )
+
+
+def output_producer(bootstrap: str, client_id: str, **overrides: Any) -> AIOKafkaProducer:
+    """The aiokafka producer a worker publishes its outputs with: acks=all."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, client_id=client_id, acks="all", **overrides
     )
 
 

@@ -23,6 +23,15 @@ class Settings(BaseSettings):
         default=None, description="Use this Kafka instead of starting the embedded broker."
     )
     topic_partitions: int = Field(default=4, ge=1, le=256)
+    topic_replication_factor: int = Field(
+        default=1, ge=1, le=16, description="Copies of each partition (3 on a production cluster)."
+    )
+    topic_min_insync_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Copies that must have a write before acks=all succeeds (2 with 3 copies).",
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535, description="0 picks a free port.")
     api_token: SecretStr | None = Field(
@@ -99,6 +108,21 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: not a TTY).")
+
+    def as_environment(self) -> dict[str, str]:
+        """Every setting as the ENGAGE_* variable that gives it back, for a child process's
+        environment (secrets included: never log it); unset optional settings are left out."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"ENGAGE_{name.upper()}"] = str(value)
+        return env
 
     @property
     def sqlalchemy_url(self) -> str:

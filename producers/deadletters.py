@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from kafka import KafkaProducer
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.db import DeadLetterRedrive, dialect_insert
+from infra.kafka import idempotent_producer
 from infra.topic_reader import read_to_end
 from schemas.catalogue import TOPICS
 from schemas.events import DeadLetter
@@ -284,18 +284,8 @@ class KafkaRepublisher:
 
 
 def redrive_producer(bootstrap: str) -> Any:
-    """kafka-python producer for re-drives: the relay's settings (idempotent, acks=all)."""
-    return KafkaProducer(
-        bootstrap_servers=bootstrap,
-        client_id="engage-redrive",
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=1,
-        max_in_flight_requests_per_connection=5,
-        retries=2**31 - 1,
-        request_timeout_ms=10_000,
-        max_block_ms=10_000,
-    )
+    """The relay's kind of producer (idempotent, acks=all), for re-drives."""
+    return idempotent_producer(bootstrap, "engage-redrive", max_block_ms=10_000)
 
 
 Status = Literal["redriven", "would redrive", "already redriven", "refused", "not found", "failed"]

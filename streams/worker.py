@@ -24,11 +24,18 @@ from operator import itemgetter
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pydantic import ValidationError
 
-from infra.kafka import CONSUMER_DEFAULTS, ConsumerSettings, Record, dead_letter
+from infra.kafka import (
+    CONSUMER_DEFAULTS,
+    ConsumerSettings,
+    Record,
+    dead_letter,
+    group_consumer,
+    output_producer,
+)
 from infra.logging import input_error, record_context
 from schemas.catalogue import INPUT_TOPICS, TOPICS
 from schemas.events import INPUT_EVENT_TYPES, Event
@@ -265,18 +272,11 @@ class StreamWorker:
         self._settling: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            client_id="engage-stream",
-            **self.consumer_settings.options(),
+        self.consumer = group_consumer(
+            self.bootstrap, self.group_id, "engage-stream", self.consumer_settings
         )
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            client_id="engage-stream",
-            acks="all",
-            linger_ms=5,
-            max_batch_size=256 * 1024,
+        self.producer = output_producer(
+            self.bootstrap, "engage-stream", linger_ms=5, max_batch_size=256 * 1024
         )
         await self.producer.start()
         counts = {len(await self.producer.partitions_for(spec.name)) for spec in TOPICS}

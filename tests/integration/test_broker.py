@@ -9,7 +9,11 @@ import subprocess
 import warnings
 from pathlib import Path
 
+import pytest
+
 from infra.broker import BrokerError, EmbeddedBroker
+from infra.topics import ensure_topics, topic_requests
+from schemas.catalogue import TOPICS
 
 
 def test_the_broker_starts_answers_and_stops() -> None:
@@ -54,3 +58,18 @@ def test_a_broker_with_a_log_file_leaves_no_file_open(tmp_path: Path) -> None:
     assert log_path.exists()
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == []
+
+
+def test_topics_refuse_more_in_sync_copies_than_copies() -> None:
+    """Checked before the broker is asked: such a topic would accept no acks=all write."""
+    with pytest.raises(ValueError, match="more than the replication factor"):
+        ensure_topics("127.0.0.1:1", 4, replication_factor=1, min_insync_replicas=2)
+
+
+def test_topics_are_asked_for_with_their_copies_and_in_sync_minimum() -> None:
+    (spec,) = TOPICS[:1]
+    (request,) = topic_requests((spec,), 6, replication_factor=3, min_insync_replicas=2)
+    assert (request.name, request.num_partitions, request.replication_factor) == (spec.name, 6, 3)
+    assert request.topic_configs == {**spec.configs(), "min.insync.replicas": "2"}
+    (single,) = topic_requests((spec,), 4)
+    assert single.replication_factor == 1 and single.topic_configs == spec.configs()
