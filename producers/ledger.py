@@ -25,7 +25,7 @@ from schemas.actions import action_kinds
 from schemas.events import (
     INGEST_TO_TOPIC,
     INPUT_EVENT_TYPES,
-    AttendedFields,
+    AttendedIn,
     ByIdFields,
     ConsentChanged,
     ContactFields,
@@ -65,20 +65,26 @@ class Ingested:
 
 
 def record_events(
-    session: Session, events: Sequence[Event], accepted_at: datetime
+    session: Session,
+    events: Sequence[Event],
+    accepted_at: datetime,
+    contacts: Sequence[ContactFields | None] | None = None,
 ) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
     """Add events not seen before to the ledger; return (accepted ids, duplicate ids).
 
-    The events already carry their supporter ids. The caller owns the transaction: the API
-    answers 202 only after it commits.
+    The events already carry their supporter ids. ``contacts``, if given, lines up with
+    ``events``: the contact details that came with each (kept in the supporter's row, never
+    in the ledger). The caller owns the transaction: the API answers 202 only after it commits.
     """
     ledger = _Ledger(session, accepted_at)
     ledger.load_seen([e.event_id for e in events])
-    ledger.load_supporters({e.key() for e in events if isinstance(e, ContactFields)})
     accepted: list[uuid.UUID] = []
     duplicates: list[uuid.UUID] = []
-    for event in events:
-        (accepted if ledger.append(event) else duplicates).append(event.event_id)
+    given = list(contacts) if contacts is not None else [None] * len(events)
+    if len(given) != len(events):
+        raise ValueError(f"{len(given)} contacts for {len(events)} events")
+    for event, contact in zip(events, given, strict=True):
+        (accepted if ledger.append(event, contact) else duplicates).append(event.event_id)
     return accepted, duplicates
 
 
@@ -116,9 +122,9 @@ def ingest_events(
         event = INGEST_TO_TOPIC[type(item)].model_validate(
             {**item.model_dump(), "supporter_id": sid}
         )
-        ledger.append(event)
+        ledger.append(event, item if isinstance(item, ContactFields) else None)
         result.accepted.append(event.event_id)
-        if isinstance(item, AttendedFields):
+        if isinstance(item, AttendedIn):
             people.credit_bringer(item, sid)
     people.save_links()
     people.confirm_unmerged()
@@ -166,14 +172,16 @@ class _Ledger:
             self.supporters[sid] = row
         return row
 
-    def append(self, event: Event) -> bool:
-        """Add an event not seen before (False if it was), its contact details and consent."""
+    def append(self, event: Event, contacts: ContactFields | None = None) -> bool:
+        """Add an event not seen before (False if it was), and its consent; the contact
+        details posted with it (``contacts``, the ingest event) go to the supporter's row, not
+        to the ledger or a topic."""
         if event.event_id in self.seen:
             return False
         self.seen.add(event.event_id)
         self.session.add(ledger_row(event, self.accepted_at))
-        if isinstance(event, ContactFields):
-            self._update_contacts(event)
+        if contacts is not None:
+            self._update_contacts(event.key(), contacts)
         self._record_consent(event)
         return True
 
@@ -184,9 +192,8 @@ class _Ledger:
             if value and not getattr(row, name):
                 setattr(row, name, value)
 
-    def _update_contacts(self, event: ContactFields) -> None:
+    def _update_contacts(self, sid: str, event: ContactFields) -> None:
         """Keep the newest non-empty contact details per supporter (by event time)."""
-        sid = event.key()
         row = self.supporter_row(sid)
         for name in _CONTACT_FIELDS:
             value = getattr(event, name, None)
@@ -260,7 +267,7 @@ class _Identities:
             contacts: list[tuple[str | None, str | None]] = []
             if isinstance(item, ContactFields):
                 contacts.append((item.email, item.phone))
-            if isinstance(item, AttendedFields):
+            if isinstance(item, AttendedIn):
                 contacts.append((item.brought_by_email, item.brought_by_phone))
             if isinstance(item, ByIdFields):
                 ids.add(item.supporter_id)
@@ -314,7 +321,7 @@ class _Identities:
         self.used.add(sid)
         return sid
 
-    def credit_bringer(self, attended: AttendedFields, attendee: str) -> None:
+    def credit_bringer(self, attended: AttendedIn, attendee: str) -> None:
         """Credit whoever an attendance says brought the attendee (nobody brings themselves)."""
         email, phone = attended.brought_by_email, attended.brought_by_phone
         if not email and not phone:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import uuid
 from collections.abc import Callable
-from typing import Annotated, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -83,21 +84,65 @@ def _defaults(model: type[Event]) -> dict[str, object]:
     }
 
 
-class ContactFields(Event):
-    """Who did it: normalised email (lower case), E.164 phone, UK postcode, names, area."""
+class AreaFields(Event):
+    """Where, as coarsely as organising needs: the local group or area a person gave."""
+
+    area: str | None = Field(default=None, max_length=100, description="Local group or area.")
+
+
+class ContactFields(AreaFields):
+    """Who did it, as posted to the ingest API: normalised email (lower case), E.164 phone, UK
+    postcode, names. These stay in the ``supporters`` table; no topic carries them."""
 
     email: Email | None = None
     phone: Phone | None = None
     first_name: str | None = Field(default=None, max_length=100)
     last_name: str | None = Field(default=None, max_length=100)
     postcode: Postcode | None = None
-    area: str | None = Field(default=None, max_length=100, description="Local group or area.")
 
     @model_validator(mode="after")
     def _identified(self) -> ContactFields:
         if not self.email and not self.phone:
             raise ValueError("an email or a phone is required to identify the supporter")
         return self
+
+
+CONTACT_FIELDS = ("email", "phone", "first_name", "last_name", "postcode")
+"""What identifies a person, kept in the ``supporters`` table and never on a topic."""
+LEGACY_CONTACT_FIELDS = (*CONTACT_FIELDS, "brought_by_email", "brought_by_phone")
+"""Fields version 1 of the input topics carried, read and dropped from old records."""
+District = Annotated[str, Field(max_length=4, pattern=r"^[A-Z]{1,2}[0-9][A-Z0-9]?$")]
+
+
+def postcode_district(postcode: str | None) -> str | None:
+    """The outward code of a normalised UK postcode ("E1 6AN" -> "E1"): a district of some
+    thousands of households, coarse enough to route and count by."""
+    return postcode.split(" ", 1)[0] if postcode else None
+
+
+class Pseudonymous(AreaFields):
+    """An input topic's record of a person's action (version 2): the supporter id, the area
+    and the postcode district; no email, phone, name or full postcode.
+
+    Version 1 records carried those: they are still read, and what identifies the person is
+    dropped on the way in (a full postcode becomes its district)."""
+
+    version: ClassVar[int] = 2
+    district: District | None = Field(
+        default=None, description="Postcode district (the outward code: E1, SW9, M14)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_contact_details(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not any(k in data for k in LEGACY_CONTACT_FIELDS):
+            return data
+        kept = {k: v for k, v in data.items() if k not in LEGACY_CONTACT_FIELDS}
+        postcode = data.get("postcode")
+        if kept.get("district") is None and isinstance(postcode, str):
+            with contextlib.suppress(ValueError):
+                kept["district"] = postcode_district(normalise_postcode(postcode))
+        return kept
 
 
 # What the ingest API's document says of the contact fields it normalises. A regex cannot say
@@ -214,7 +259,7 @@ def _normalised(value: object, normalise: Callable[[str], str]) -> object:
     return normalise(value) if value.strip() else None
 
 
-class SignupFields(ContactFields):
+class SignupFields(AreaFields):
     type: Literal["supporter.signup"] = "supporter.signup"
     source: str | None = Field(default=None, max_length=100)
     consent_email: bool = Field(default=False, description="Agreed to campaign email.")
@@ -240,13 +285,13 @@ class SignupFields(ContactFields):
         return value
 
 
-class PetitionFields(ContactFields):
+class PetitionFields(AreaFields):
     type: Literal["petition.signed"] = "petition.signed"
     petition_id: ShortText
     petition_title: str | None = Field(default=None, max_length=300)
 
 
-class MeetingFields(ContactFields):
+class MeetingFields(AreaFields):
     meeting_id: ShortText
     meeting_title: str | None = Field(default=None, max_length=300)
     meeting_starts_at: AwareDatetime | None = None
@@ -260,12 +305,6 @@ class AttendedFields(MeetingFields):
     type: Literal["event.attended"] = "event.attended"
     role: Literal["attendee", "host"] = Field(
         default="attendee", description="'host' if they ran or hosted the meeting."
-    )
-    brought_by_email: Email | None = Field(
-        default=None, description="Who brought them, if the sign-in sheet says (email)."
-    )
-    brought_by_phone: Phone | None = Field(
-        default=None, description="Who brought them, if the sign-in sheet says (phone)."
     )
 
 
@@ -302,27 +341,27 @@ class ConsentFields(ByIdFields):
     )
 
 
-class SupporterSignup(SignupFields):
+class SupporterSignup(Pseudonymous, SignupFields):
     topic = "supporter.signup"
     supporter_id: SupporterId
 
 
-class PetitionSigned(PetitionFields):
+class PetitionSigned(Pseudonymous, PetitionFields):
     topic = "petition.signed"
     supporter_id: SupporterId
 
 
-class EventRSVP(RSVPFields):
+class EventRSVP(Pseudonymous, RSVPFields):
     topic = "event.rsvp"
     supporter_id: SupporterId
 
 
-class EventAttended(AttendedFields):
+class EventAttended(Pseudonymous, AttendedFields):
     topic = "event.attended"
     supporter_id: SupporterId
 
 
-class EventNoShow(NoShowFields):
+class EventNoShow(Pseudonymous, NoShowFields):
     topic = "event.no_show"
     supporter_id: SupporterId
 
@@ -379,20 +418,27 @@ class IdentityMerged(Event):
     actions: list[MergedAction] = Field(default_factory=list)
 
 
-class SignupIn(Normalising, SignupFields):
+class SignupIn(Normalising, ContactFields, SignupFields):
     """A signup as posted to the ingest API, before the supporter id is derived."""
 
 
-class PetitionIn(Normalising, PetitionFields):
+class PetitionIn(Normalising, ContactFields, PetitionFields):
     """A petition signature as posted to the ingest API."""
 
 
-class RSVPIn(Normalising, RSVPFields):
+class RSVPIn(Normalising, ContactFields, RSVPFields):
     """An RSVP as posted to the ingest API."""
 
 
-class AttendedIn(Normalising, AttendedFields):
+class AttendedIn(Normalising, ContactFields, AttendedFields):
     """An attendance as posted to the ingest API or read from a sign-in sheet."""
+
+    brought_by_email: Email | None = Field(
+        default=None, description="Who brought them, if the sign-in sheet says (email)."
+    )
+    brought_by_phone: Phone | None = Field(
+        default=None, description="Who brought them, if the sign-in sheet says (phone)."
+    )
 
     @field_validator("brought_by_email", mode="before")
     @classmethod
@@ -405,7 +451,7 @@ class AttendedIn(Normalising, AttendedFields):
         return _normalised(value, normalise_phone)
 
 
-class NoShowIn(Normalising, NoShowFields):
+class NoShowIn(Normalising, ContactFields, NoShowFields):
     """A person who said they would come and did not, as marked on the sign-in sheet."""
 
 

@@ -47,6 +47,7 @@ def test_the_demo_summary_counts_what_its_decisions_table_counts(tmp_path: Path)
             table[match[1]] = table.get(match[1], 0) + int(match[2])
     (summary,) = [m for line in lines if (m := _SUMMARY.match(line))]
     said = {state: int(n) for state, n in (part.split() for part in summary[1].split(", "))}
-    assert table.get("sent", 0) > 0, out.stdout
+    assert sum(table.values()) > 0, out.stdout  # decisions to count (how many were sent
+    # depends on the hour: the traffic ends now, and texts are held in the demo's quiet hours)
     assert said == table
     assert int(summary[2]) > 0  # the simulated traffic made follow-up tasks

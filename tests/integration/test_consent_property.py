@@ -43,7 +43,7 @@ from infra.consent import lift_suppression, suppress
 from infra.db import Base, ConsentRecord, Nudge, OutboxMessage, session_factory
 from producers.ledger import record_events
 from producers.unsubscribe import withdraw
-from schemas.events import ConsentChanged, NudgeRequested, SupporterSignup
+from schemas.events import ConsentChanged, ContactFields, NudgeRequested, SupporterSignup
 from tests.integration.test_dispatch import RecordingSender
 
 Channel = Literal["email", "sms"]
@@ -234,8 +234,13 @@ class ConsentMachine(RuleBasedStateMachine):
             consent_sms=ticks[1],
             source=source,
         )
+        posted = (
+            ContactFields(event_time=now, email=email, phone=phone, first_name="Sam")
+            if email or phone
+            else None
+        )
         with self.sessions.begin() as session:
-            record_events(session, [event], now)
+            record_events(session, [event], now, contacts=[posted])
         known = self.oracle.contacts.setdefault(sid, {"email": None, "sms": None})
         known["email"] = email or known["email"]
         known["sms"] = phone or known["sms"]
@@ -499,7 +504,9 @@ def test_an_opt_out_link_suppresses_the_address_the_message_went_to(
             event_time=now, supporter_id=sid, email=email, consent_email=True, source="web_form"
         )
         with sessions.begin() as session:
-            record_events(session, [event], now)
+            record_events(
+                session, [event], now, contacts=[ContactFields(event_time=now, email=email)]
+            )
 
     def welcome(sid: str) -> str:
         nudge_id = f"welcome:{sid}"

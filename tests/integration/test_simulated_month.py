@@ -30,6 +30,7 @@ from infra.kafka import ConsumerSettings
 from producers.simulator import generate_events
 from schemas.events import (
     INGEST_TO_TOPIC,
+    AttendedIn,
     Event,
     EventAttended,
     EventNoShow,
@@ -97,11 +98,13 @@ def simulated_month(now: datetime, key: str = IDENTITY_KEY) -> Month:
         )
         arrived = (event.event_time + timedelta(seconds=rng.randint(30, 600))).timestamp()
         month.published.append(Published(event, arrived))
-        if isinstance(event, EventAttended) and event.brought_by_email:
+        if isinstance(event, EventAttended) and isinstance(parsed, AttendedIn):
+            if not parsed.brought_by_email:
+                continue
             credit = SupporterBrought(
                 event_id=derived_event_id(event.event_id, "brought"),
                 event_time=event.event_time,
-                supporter_id=supporter_id(key, event.brought_by_email, None),
+                supporter_id=supporter_id(key, parsed.brought_by_email, None),
                 brought_supporter_id=sid,
                 meeting_id=event.meeting_id,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import UTC, datetime
@@ -12,11 +13,12 @@ from pydantic import ValidationError
 
 from schemas.catalogue import INPUT_TOPICS, TOPICS, topic_spec
 from schemas.events import (
+    CONTACT_FIELDS,
     EVENT_TYPES,
     INGEST_TO_TOPIC,
+    LEGACY_CONTACT_FIELDS,
     EventAttended,
     PetitionIn,
-    PetitionSigned,
     SignupIn,
     SupporterSignup,
     event_model,
@@ -199,34 +201,36 @@ def test_the_input_topics_and_the_ingest_models_line_up() -> None:
         event_model("no.such.topic")
 
 
-@pytest.mark.parametrize(
-    "email",
-    ["Jo@example.org", "jo@Example.org", "JO@EXAMPLE.ORG", "jo example@x.org", "jo@@x.org"],
-)
-def test_topic_models_reject_un_normalised_emails(email: str) -> None:
-    with pytest.raises(ValidationError) as caught:
-        SupporterSignup(event_time=WHEN, supporter_id=SID, email=email)
-    assert [e["loc"] for e in caught.value.errors()] == [("email",)]
-
-
-@pytest.mark.parametrize("phone", ["07911 123456", "07911123456", "+44 7911 123456", "+0123"])
-def test_topic_models_reject_un_normalised_phones(phone: str) -> None:
-    with pytest.raises(ValidationError) as caught:
-        PetitionSigned(event_time=WHEN, supporter_id=SID, phone=phone, petition_id="p")
-    assert [e["loc"] for e in caught.value.errors()] == [("phone",)]
-
-
-def test_topic_models_accept_normalised_contacts_and_key_by_supporter() -> None:
-    event = EventAttended(
-        event_time=WHEN,
-        supporter_id=SID,
-        email="jo@example.org",
-        phone="+447911123456",
-        postcode="E2 7DJ",
-        meeting_id="m-1",
-    )
+def test_topic_models_carry_no_contact_details_and_key_by_supporter() -> None:
+    """Version 2 of the input topics: the supporter id, the area and the postcode district."""
+    event = EventAttended(event_time=WHEN, supporter_id=SID, meeting_id="m-1", district="E2")
     assert event.key() == SID
+    assert EventAttended.version == 2
+    assert not set(CONTACT_FIELDS) & set(EventAttended.model_fields)
     assert EventAttended.model_validate_json(event.model_dump_json()) == event
+
+
+def test_a_version_1_record_is_read_without_what_identifies_the_person() -> None:
+    """Old records carried email, phone, names, the full postcode and who brought them: they
+    stay readable, and all of that is dropped on the way in; the postcode leaves its district."""
+    old = {
+        "event_time": WHEN.isoformat(),
+        "supporter_id": SID,
+        "email": "jo@example.org",
+        "phone": "+447911123456",
+        "first_name": "Jo",
+        "last_name": "Bloggs",
+        "postcode": "E2 7DJ",
+        "brought_by_email": "sam@example.org",
+        "meeting_id": "m-1",
+        "area": "Hackney",
+    }
+    event = EventAttended.model_validate_json(json.dumps(old))
+    dumped = json.loads(event.model_dump_json())
+    assert (dumped["district"], dumped["area"]) == ("E2", "Hackney")
+    assert not set(LEGACY_CONTACT_FIELDS) & set(dumped)
+    for value in ("jo@example.org", "+447911123456", "Jo", "Bloggs", "E2 7DJ", "sam@"):
+        assert value not in event.model_dump_json()
 
 
 @pytest.mark.parametrize(
@@ -235,14 +239,13 @@ def test_topic_models_accept_normalised_contacts_and_key_by_supporter() -> None:
         {"supporter_id": "sup_123"},
         {"supporter_id": "SUP_" + "c" * 32},
         {"event_time": datetime(2025, 1, 1)},
-        {"postcode": "e2 7dj"},
-        {"email": None, "phone": None},
+        {"district": "E2 7DJ"},
         {"unexpected": 1},
     ],
-    ids=["short-id", "upper-id", "naive-time", "lower-postcode", "no-contact", "extra"],
+    ids=["short-id", "upper-id", "naive-time", "full-postcode-as-district", "extra"],
 )
 def test_topic_models_reject_other_bad_values(fields: dict[str, Any]) -> None:
-    base: dict[str, Any] = {"event_time": WHEN, "supporter_id": SID, "email": "jo@example.org"}
+    base: dict[str, Any] = {"event_time": WHEN, "supporter_id": SID}
     with pytest.raises(ValidationError):
         SupporterSignup(**{**base, **fields})
 

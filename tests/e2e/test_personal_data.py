@@ -1,0 +1,98 @@
+"""Personal data only where it is needed: after simulated traffic through `engage up`, no topic
+(every catalogue topic read to its high watermark) and no ledger payload holds anyone's email,
+phone, name or full postcode; the ``supporters`` table holds them for the sender."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from infra.topic_reader import read_to_end
+from producers.simulator import generate_events
+from schemas.catalogue import TOPICS
+from schemas.events import LEGACY_CONTACT_FIELDS, normalise_postcode
+from schemas.identity import normalise_email, normalise_phone
+from tests.e2e.conftest import Pipeline
+from tests.polling import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def _keys(value: Any) -> Iterator[str]:
+    """Every key of every object in a JSON value, however deep."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _keys(item)
+
+
+def _identifying(events: list[dict[str, Any]]) -> set[str]:
+    """What the posted events said that identifies a person, as it would appear in JSON."""
+    normalise = {
+        "email": normalise_email,
+        "brought_by_email": normalise_email,
+        "phone": normalise_phone,
+        "brought_by_phone": normalise_phone,
+        "postcode": normalise_postcode,
+    }
+    found: set[str] = set()
+    for event in events:
+        for name, normal in normalise.items():
+            if event.get(name):
+                found.add(str(event[name]).lower())  # as posted, and as the API keeps it
+                with contextlib.suppress(ValueError):
+                    found.add(normal(str(event[name])).lower())
+        for name in ("first_name", "last_name"):
+            if event.get(name):
+                found.add(json.dumps(event[name]).lower())  # as a whole JSON string value
+    return found
+
+
+def test_no_topic_and_no_ledger_payload_holds_contact_details(pipeline: Pipeline) -> None:
+    events = generate_events(60, seed=5, start=datetime.now(UTC) - timedelta(days=29))
+    for start in range(0, len(events), 200):
+        response = pipeline.post(events[start : start + 200])
+        assert response.status_code == 202, response.text
+    wait_until(
+        "the ledger to be published and the stream to catch up",
+        lambda: (
+            (s := pipeline.cli("status", "--json"))["ledger"]["unpublished"] == 0
+            and s["consumer_lag"]["engage-stream"] == 0
+            and s["topics"]["engagement.scored"] > 0
+        ),
+        120,
+        1.0,
+    )
+    identifying = _identifying(events)
+    assert len(identifying) > 100  # the traffic did name people
+
+    bootstrap = pipeline.run["bootstrap"]
+    records = list(read_to_end(bootstrap, [spec.name for spec in TOPICS], deadline_s=60))
+    assert len(records) >= len(events)
+    engine = create_engine(pipeline.run["database_url"])
+    try:
+        with engine.connect() as connection:
+            payloads = list(connection.scalars(text("select payload from ledger")))
+            stored = set(connection.scalars(text("select email from supporters")))
+    finally:
+        engine.dispose()
+    assert len(payloads) >= len(events)
+    assert {normalise_email(e["email"]) for e in events if e.get("email")} <= stored  # kept
+
+    texts = [(r.value or b"").decode() + " " + (r.key or b"").decode() for r in records]
+    for where, body in [("topic", t) for t in texts] + [("ledger", p) for p in payloads]:
+        lowered = body.lower()
+        leaked = sorted(value for value in identifying if value in lowered)
+        assert leaked == [], f"{where} record holds {leaked[:3]}: {body[:300]}"
+    for body in [r.value for r in records if r.value] + payloads:
+        keys = set(_keys(json.loads(body)))
+        assert not keys & set(LEGACY_CONTACT_FIELDS), body[:300]
