@@ -331,6 +331,29 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engage.export import subject_access_export
+
+    document = subject_access_export(
+        wiring.sessions(settings),
+        wiring.engine(settings),
+        settings.secret("identity_key"),
+        args.supporter,
+    )
+    if document is None:
+        print(f"nobody matches {args.supporter}", file=sys.stderr)
+        return 1
+    text = document.model_dump_json(indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote the access request's document to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
@@ -519,6 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true")
     explain.add_argument("--at", help="ISO time to explain as of, with zone (default: now)")
     explain.set_defaults(run=cmd_explain)
+    access = sub.add_parser(
+        "export", help="a subject access request: all held about a person, as JSON"
+    )
+    access.add_argument("supporter", metavar="SUPPORTER|EMAIL|PHONE")
+    access.add_argument("--out", help="write the document to this file (default: stdout)")
+    access.set_defaults(run=cmd_export)
     replay = sub.add_parser(
         "replay", help="fold the whole log again; compare scores, nudges and tasks with stored"
     )

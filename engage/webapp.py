@@ -10,6 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 from consumers.repository import Nudges
 from engage import wiring
+from engage.export import export_router
 from infra.settings import Settings
 from producers.api import IngestService, ingest_router, openapi_components
 from producers.unsubscribe import short_opt_out_router, unsubscribe_router
@@ -34,6 +35,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ingest_router(service))
     engine = wiring.engine(settings)
     app.include_router(explain_router(sessions, engine, service.token))
+    app.include_router(
+        export_router(sessions, engine, settings.secret("identity_key"), service.token)
+    )
     app.include_router(
         unsubscribe_router(sessions, settings.org_name, settings.secret("identity_key"))
     )

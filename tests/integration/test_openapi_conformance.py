@@ -39,6 +39,7 @@ OPERATIONS = [
     ("POST", "/v1/events"),
     ("POST", "/v1/events/batch"),
     ("GET", "/v1/supporters/{supporter_id}/explain"),
+    ("GET", "/v1/admin/export/{supporter}"),
     ("GET", "/unsubscribe/{nudge_id}"),
     ("POST", "/unsubscribe/{nudge_id}"),
     ("GET", "/o/{code}"),
