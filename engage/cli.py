@@ -354,6 +354,24 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
+    import getpass
+
+    from engage.erasure import erase, summary
+
+    by = args.by or f"cli:{getpass.getuser()}"
+    try:
+        result = erase(wiring.sessions(settings), settings.secret("identity_key"), args.who, by)
+    except ValueError:
+        print("not a supporter id, an email or a phone", file=sys.stderr)
+        return 2
+    if result is None:
+        print("nobody matches: nothing erased", file=sys.stderr)
+        return 1
+    print(result.model_dump_json(indent=2) if args.json else summary(result))
+    return 0
+
+
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
@@ -548,6 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     access.add_argument("supporter", metavar="SUPPORTER|EMAIL|PHONE")
     access.add_argument("--out", help="write the document to this file (default: stdout)")
     access.set_defaults(run=cmd_export)
+    erase = sub.add_parser("erase", help="erase a person (UK GDPR Article 17), in one transaction")
+    erase.add_argument("who", metavar="SUPPORTER|EMAIL|PHONE")
+    erase.add_argument("--by", help="who asked, for the audit (default: cli:<your user name>)")
+    erase.add_argument("--json", action="store_true")
+    erase.set_defaults(run=cmd_erase)
     replay = sub.add_parser(
         "replay", help="fold the whole log again; compare scores, nudges and tasks with stored"
     )

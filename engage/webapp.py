@@ -10,6 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 from consumers.repository import Nudges
 from engage import wiring
+from engage.erasure import erasure_router
 from engage.export import export_router
 from infra.settings import Settings
 from producers.api import IngestService, ingest_router, openapi_components
@@ -38,6 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(
         export_router(sessions, engine, settings.secret("identity_key"), service.token)
     )
+    app.include_router(erasure_router(sessions, settings.secret("identity_key"), service.token))
     app.include_router(
         unsubscribe_router(sessions, settings.org_name, settings.secret("identity_key"))
     )

@@ -7,11 +7,11 @@ A suppression is keyed by the channel and the keyed hash of the address, never t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from infra.db import ConsentRecord, Suppression, dialect_insert
@@ -131,3 +131,14 @@ def newest_consents(
 
 def latest_consent(session: Session, supporter_id: str, channel: str) -> ConsentRecord | None:
     return newest_consents(session, [supporter_id]).get((supporter_id, channel))
+
+
+def forget_consents(session: Session, supporter_ids: Collection[str]) -> int:
+    """Delete the consent records of erased supporter ids; how many. Their addresses stay
+    suppressed (``suppress_contact``), which is what keeps them from being messaged again."""
+    if not supporter_ids:
+        return 0
+    result = session.execute(
+        delete(ConsentRecord).where(ConsentRecord.supporter_id.in_(list(supporter_ids)))
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

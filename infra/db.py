@@ -331,3 +331,20 @@ class DeadLetterRedrive(Base):
     letter_id: Mapped[str] = mapped_column(String(300), primary_key=True)
     redriven_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     target_topic: Mapped[str] = mapped_column(String(255))
+
+
+class Erasure(Base):
+    """One UK GDPR erasure request carried out (`engage erase`, POST /v1/admin/erase): when, by
+    whom, and how many rows of each table it changed. No personal data: the person is kept as
+    a keyed hash of their supporter id (``schemas.identity.erasure_subject``), so a repeat
+    request is recognised, and never as an address or an id in clear."""
+
+    __tablename__ = "erasures"
+    erasure_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    requested_by: Mapped[str] = mapped_column(String(100))
+    subject: Mapped[str] = mapped_column(String(80), index=True)
+    repeat: Mapped[bool] = mapped_column(Boolean)
+    """True when the subject had been erased before (this request found nothing left)."""
+    rows: Mapped[dict[str, int]] = mapped_column(JSON)
+    """Rows changed per table, e.g. ``{"supporters": 1, "ledger": 12, "nudges": 2}``."""

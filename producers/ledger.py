@@ -33,6 +33,7 @@ from schemas.events import (
     IdentityMerged,
     MergedAction,
     SupporterBrought,
+    SupporterErased,
     SupporterSignup,
     derived_event_id,
 )
@@ -445,7 +446,7 @@ class _Identities:
         actions: list[MergedAction] = []
         for topic, payload in rows:
             model = INPUT_EVENT_TYPES.get(topic)
-            if model is None or model is IdentityMerged:
+            if model is None or model is IdentityMerged or model is SupporterErased:
                 continue  # what was merged into these ids is among their own keys' events
             event = model.model_validate_json(payload)
             signup = event if isinstance(event, SupporterSignup) else None

@@ -418,6 +418,17 @@ class IdentityMerged(Event):
     actions: list[MergedAction] = Field(default_factory=list)
 
 
+class SupporterErased(Event):
+    """A supporter was erased (UK GDPR Article 17): the stream drops their state and ignores
+    every later event for the id, and a replay of the log does the same. Written to the ledger
+    by `engage erase` in the transaction that deletes their contact details; it carries the
+    id alone."""
+
+    topic = "supporter.erased"
+    type: Literal["supporter.erased"] = "supporter.erased"
+    supporter_id: SupporterId
+
+
 class SignupIn(Normalising, ContactFields, SignupFields):
     """A signup as posted to the ingest API, before the supporter id is derived."""
 
@@ -620,6 +631,7 @@ INPUT_EVENT_TYPES: dict[str, type[Event]] = {
         EmailClicked,
         ConsentChanged,
         IdentityMerged,
+        SupporterErased,
     )
 }
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -60,3 +60,10 @@ def contact_identity(key: str, kind: Literal["email", "phone"], value: str) -> s
 def opt_out_token(key: str, nudge_id: str) -> str:
     """The token of a nudge's unsubscribe link: without the key, nobody can forge one."""
     return hmac.new(key.encode(), f"opt-out:{nudge_id}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def erasure_subject(key: str, supporter_id: str) -> str:
+    """What the erasure audit keeps of the supporter id erased: a keyed HMAC-SHA256, so a
+    repeated request for the same person is recognised, and the id is not kept in clear."""
+    digest = hmac.new(key.encode(), f"erasure:{supporter_id}".encode(), hashlib.sha256)
+    return f"erased:{digest.hexdigest()}"

@@ -27,6 +27,7 @@ from schemas.events import (
     IdentityMerged,
     LadderChanged,
     NudgeRequested,
+    SupporterErased,
     TaskCreated,
     built,
     derived_event_id,
@@ -49,6 +50,9 @@ from streams.scoring import (
 
 MERGED = -1
 """The rung of a supporter id merged into another: its state is gone, its events ignored."""
+ERASED = -2
+"""The rung of an erased supporter (supporter.erased): its state is gone, its events ignored.
+Every rung below zero is a supporter id the stream no longer follows."""
 _LAPSE_NAMESPACE = uuid.UUID("6f1c1e52-8a8e-4c55-9d4b-2b8f3f0c7d11")
 
 
@@ -234,9 +238,12 @@ class Engine:
         decided and recorded as fired, and nothing is returned. ``decisions``, if given,
         collects the rules that fired (or held out), with their outputs' idempotency keys.
         """
-        if state.rung == MERGED:
+        if state.rung < 0:
             if trace is not None:
-                _trace_skipped(trace, event, "merged away")
+                _trace_skipped(trace, event, "merged away" if state.rung == MERGED else "erased")
+            return []
+        if isinstance(event, SupporterErased):
+            _forget(state, ERASED)
             return []
         at = _packed_time(event.event_time)
         if arrived is not None and at + EPOCH > arrived + self.scorer.future_tolerance_s:
@@ -525,7 +532,7 @@ class Engine:
         after = self.lapse_after
         windowed = self.scorer.first_windowed_rung
         for sid, state in states.items():
-            if state.rung == MERGED or not state.latest or t <= state.latest:
+            if state.rung < 0 or not state.latest or t <= state.latest:
                 continue
             due = bisect.bisect_right(after, t - state.latest)
             if state.lapsed >= due and state.rung < windowed:
@@ -597,8 +604,8 @@ class Engine:
             "score": score,
             "as_of": to_datetime(state.latest).isoformat() if state.latest else None,
             "half_life_days": self.half_life_days,
-            "rung": names[state.rung] if state.rung != MERGED else None,
-            "rung_why": self.scorer.explain_rung(view, state.rung) if state.rung != MERGED else [],
+            "rung": names[state.rung] if state.rung >= 0 else None,
+            "rung_why": self.scorer.explain_rung(view, state.rung) if state.rung >= 0 else [],
             "consent": sorted(view.consent),
             "contributions": [
                 {
@@ -644,6 +651,13 @@ class Engine:
                 }
             )
         return out
+
+
+def _forget(state: SupporterState, marker: int) -> None:
+    """Drop everything the state keeps; ``marker`` (a rung below zero) says why."""
+    state.actions, state.fired, state.latest, state.area = b"", b"", 0, None
+    state.lapsed = state.fell = 0
+    state.rung = marker
 
 
 def _suppressed(rule: Rule, reason: str) -> tuple[RuleDecision, None]:

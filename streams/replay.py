@@ -6,7 +6,8 @@ memory. Events are folded by the same ``Engine.apply`` the stream worker runs, o
 supporter, and ``Engine.tick`` then says what time alone has caused by ``now``. What comes
 out: each supporter's score and rung, and every nudge and task the rules decide, with the
 same idempotency keys the live stream gives them: the keys are checked against what the
-consumers stored, and none should be new.
+consumers stored, and none should be new. A supporter erased (supporter.erased) comes out
+with no score and none of their nudges or tasks, whatever the log held before the erasure.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from schemas.events import (
     TaskCreated,
 )
 from streams.engagement import (
-    MERGED,
+    ERASED,
     NOT_PARSED,
     Engine,
     RuleDecision,
@@ -72,7 +73,7 @@ def final_scores(
             to_datetime(state.latest),
         )
         for sid, state in states.items()
-        if state.rung != MERGED and state.latest
+        if state.rung >= 0 and state.latest
     }
 
 
@@ -86,6 +87,7 @@ def replay(engine: Engine, records: Iterable[LogRecord], now: float) -> ReplayRe
     result = ReplayResult()
     states = result.states
     decisions: list[RuleDecision] = []
+    deciders: list[str] = []  # the supporter of each decision, to drop those erased since
     started = time.perf_counter()
     for topic, value, arrived in in_fold_order(records):
         result.events += 1
@@ -98,6 +100,9 @@ def replay(engine: Engine, records: Iterable[LogRecord], now: float) -> ReplayRe
             engine.apply(state, event, arrived, emit=False, decisions=decisions)
         except ValueError:  # pydantic's ValidationError and FutureEvent are ValueErrors
             result.refused += 1
+            continue
+        if len(decisions) > len(deciders):
+            deciders.extend([sid] * (len(decisions) - len(deciders)))
     result.scores = final_scores(engine, states)
     for output in engine.tick(states, now):
         if isinstance(output, NudgeRequested):
@@ -105,8 +110,11 @@ def replay(engine: Engine, records: Iterable[LogRecord], now: float) -> ReplayRe
         elif isinstance(output, TaskCreated):
             result.task_ids.add(output.task_id)
     sends = {rule.name for rule in engine.rules if isinstance(rule.action, SendAction)}
-    for decision in decisions:
+    erased = {sid for sid, state in states.items() if state.rung == ERASED}
+    for decision, sid in zip(decisions, deciders, strict=True):
         assert decision.output_id is not None
+        if sid in erased:
+            continue  # an erased supporter's outputs are not decided again
         (result.nudge_ids if decision.rule in sends else result.task_ids).add(decision.output_id)
     result.seconds = time.perf_counter() - started
     return result

@@ -40,6 +40,7 @@ OPERATIONS = [
     ("POST", "/v1/events/batch"),
     ("GET", "/v1/supporters/{supporter_id}/explain"),
     ("GET", "/v1/admin/export/{supporter}"),
+    ("POST", "/v1/admin/erase"),
     ("GET", "/unsubscribe/{nudge_id}"),
     ("POST", "/unsubscribe/{nudge_id}"),
     ("GET", "/o/{code}"),

@@ -191,8 +191,8 @@ def test_the_catalogue_matches_the_models(spec: Any) -> None:
 
 def test_the_input_topics_and_the_ingest_models_line_up() -> None:
     # Every posted type has its input topic; the two the ingest derives (a bringer's credit,
-    # an identity merge) are input topics nobody posts.
-    derived = {"supporter.brought", "identity.merged"}
+    # an identity merge) and the erasure's are input topics nobody posts.
+    derived = {"supporter.brought", "identity.merged", "supporter.erased"}
     assert set(INPUT_TOPICS) == {m.topic for m in INGEST_TO_TOPIC.values()} | derived
     assert set(EVENT_TYPES) == {spec.name for spec in TOPICS}
     with pytest.raises(KeyError):
