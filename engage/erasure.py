@@ -65,6 +65,8 @@ def erase(
     with sessions.begin() as session:
         subject = producers_part.read_request(session, identity_key, who)
         sid = subject.supporter_id
+        if sid is None:
+            return None
         if not subject.found:
             if not producers_part.erased_before(session, identity_key, sid):
                 return None

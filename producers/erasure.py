@@ -23,9 +23,9 @@ from schemas.events import SupporterErased
 from schemas.identity import (
     contact_identity,
     erasure_subject,
+    legacy_supporter_id,
     normalise_email,
     normalise_phone,
-    supporter_id,
 )
 
 _SUPPORTER_ID = re.compile(r"^sup_[0-9a-f]{32}$")
@@ -36,7 +36,8 @@ class Subject:
     """Who an erasure request names: their current supporter id (after any merge), and the
     contact key of the address the request gave (suppressed too), if it gave one."""
 
-    supporter_id: str
+    supporter_id: str | None
+    """None: an address nobody is linked to (an erased person's links are gone too)."""
     found: bool
     """False: nothing of theirs is held (nobody matches, or they were erased before)."""
     given_contact: tuple[str, str] | None = None
@@ -46,8 +47,9 @@ class Subject:
 def read_request(session: Session, identity_key: str, who: str) -> Subject:
     """The person a request names: a supporter id, an email or a phone (an address is found
     through its identity link, never by a search of stored addresses). ValueError when the
-    value is none of the three. An address nobody is linked to names the id it would have been
-    given, so a repeat request for an erased person is still recognised in the audit."""
+    value is none of the three. An address nobody is linked to names nobody, unless a supporter
+    stored before identity links existed has it (their legacy id): once a person is erased,
+    their address no longer leads to their id, so only a repeat by id is recognised."""
     who = who.strip()
     if not who or "\x00" in who or len(who) > 254:
         raise ValueError("a supporter id, an email or a phone is required")
@@ -62,11 +64,13 @@ def read_request(session: Session, identity_key: str, who: str) -> Subject:
             email, phone = None, normalise_phone(who)
             given = ("sms", contact_identity(identity_key, "phone", phone))
         link = session.get(IdentityLink, given[1])
-        current = (
-            survivor_of(session, link.supporter_id)
-            if link is not None
-            else supporter_id(identity_key, email, phone)
-        )
+        if link is not None:
+            current = survivor_of(session, link.supporter_id)
+        else:
+            legacy = survivor_of(session, legacy_supporter_id(identity_key, email, phone))
+            if not _holds_anything(session, legacy):
+                return Subject(None, False, given)
+            current = legacy
     return Subject(current, _holds_anything(session, current), given)
 
 

@@ -37,7 +37,7 @@ from schemas.events import (
     SupporterSignup,
     derived_event_id,
 )
-from schemas.identity import contact_identity, supporter_id
+from schemas.identity import contact_identity, legacy_supporter_id, new_supporter_id
 
 _CONTACT_FIELDS = ("email", "phone", "first_name", "last_name", "postcode", "area", "timezone")
 _MERGE_NAMESPACE = uuid.UUID("a6de178c-0dd6-41eb-a03a-eeb57f3af7ad")
@@ -275,7 +275,7 @@ class _Identities:
             for email, phone in contacts:
                 if email or phone:
                     wanted.update(self.identities(email, phone))
-                    ids.add(supporter_id(self.key, email, phone))
+                    ids.update(self.legacy_ids(email, phone))
         if wanted:
             links = select(IdentityLink.identity, IdentityLink.supporter_id).where(
                 IdentityLink.identity.in_(wanted)
@@ -305,8 +305,8 @@ class _Identities:
     def resolve(self, email: str | None, phone: str | None, cause: Event) -> str:
         """The supporter an email and/or phone belong to, linking the ones not linked yet.
 
-        None linked: the id derived from them (schemas.identity.supporter_id). One: theirs.
-        Two supporters: the phone's owner is merged into the email's (``cause`` linked them).
+        None linked: a new random id (``first_sight``). One: theirs. Two supporters: the
+        phone's owner is merged into the email's (``cause`` linked them).
         """
         by_email = self.identity("email", email) if email else None
         by_phone = self.identity("phone", phone) if phone else None
@@ -314,13 +314,32 @@ class _Identities:
         phone_owner = self.current(self.owners[by_phone]) if by_phone in self.owners else None
         if email_owner and phone_owner and email_owner != phone_owner:
             self._merge(email_owner, phone_owner, cause)
-        sid = email_owner or phone_owner or self.current(supporter_id(self.key, email, phone))
+        sid = email_owner or phone_owner or self.first_sight(email, phone)
         for identity in (by_email, by_phone):
             if identity is not None and identity not in self.owners:
                 self.owners[identity] = sid
                 self.new.add(identity)
         self.used.add(sid)
         return sid
+
+    def first_sight(self, email: str | None, phone: str | None) -> str:
+        """The id of someone none of whose addresses is linked: a new random one, unless a
+        supporter was stored under the legacy id of these addresses before identity links
+        existed (they get their links now, and keep their id)."""
+        for legacy in self.legacy_ids(email, phone):
+            if self.ledger.supporter(self.current(legacy)) is not None:
+                return self.current(legacy)
+        sid = new_supporter_id()
+        self.ledger.supporters[sid] = None  # known to have no row: no query for it
+        return sid
+
+    def legacy_ids(self, email: str | None, phone: str | None) -> list[str]:
+        """The ids these addresses would have had before ids became random, the email's
+        first."""
+        return [
+            *([legacy_supporter_id(self.key, email, None)] if email else []),
+            *([legacy_supporter_id(self.key, None, phone)] if phone else []),
+        ]
 
     def credit_bringer(self, attended: AttendedIn, attendee: str) -> None:
         """Credit whoever an attendance says brought the attendee (nobody brings themselves)."""

@@ -1,9 +1,12 @@
-"""Supporter identity: normalised email or E.164 phone, turned into a keyed pseudonymous id."""
+"""Supporter identity: normalised email or E.164 phone, the random id a person is given, and
+the keyed hashes that link the two."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import random
+import secrets
 from typing import Literal
 
 import phonenumbers
@@ -30,11 +33,24 @@ def normalise_phone(raw: str, region: str = "GB") -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def supporter_id(key: str, email: str | None, phone: str | None) -> str:
-    """Stable pseudonymous id: HMAC-SHA256 of the normalised email, else of the E.164 phone.
+def new_supporter_id(rng: random.Random | None = None) -> str:
+    """A new supporter's id: random, given at first sight, so nothing about the person (not
+    even their email with every key we hold) gives it back. Their email and phone find it
+    through identity links (``contact_identity``); erasing the links makes it unlinkable.
 
-    The inputs must already be normalised. The key is a secret, so the id cannot be
-    reversed by hashing a list of known addresses.
+    ``rng`` is for simulations and benchmarks that must repeat; real ids come from
+    ``secrets``.
+    """
+    bits = rng.getrandbits(128) if rng is not None else secrets.randbits(128)
+    return f"sup_{bits:032x}"
+
+
+def legacy_supporter_id(key: str, email: str | None, phone: str | None) -> str:
+    """The id supporters were given before ids became random: HMAC-SHA256 of the normalised
+    email, else of the E.164 phone. Read only to find a supporter stored before identity links
+    existed (migration 0002), who has no link to be found by; never given to anyone new.
+
+    The inputs must already be normalised.
     """
     if email:
         material = f"email:{email}"
@@ -50,8 +66,8 @@ def contact_identity(key: str, kind: Literal["email", "phone"], value: str) -> s
     """What the identity-link table stores for a normalised email or E.164 phone:
     ``"email:"`` or ``"phone:"`` and a keyed HMAC-SHA256, never the address itself.
 
-    The HMAC input is set apart from the supporter id's (``link:`` prefix), so a link does
-    not give away the id an address would have been given.
+    The HMAC input is set apart from the legacy id's (``link:`` prefix), so a link does not
+    give away the id an address was given before ids became random.
     """
     digest = hmac.new(key.encode(), f"link:{kind}:{value}".encode(), hashlib.sha256).hexdigest()
     return f"{kind}:{digest}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sqlite3
 import tempfile
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from engage.erasure import erase
 from infra.db import make_engine, migrate, session_factory
-from schemas.identity import contact_identity, supporter_id
+from schemas.identity import contact_identity, new_supporter_id
 
 KEY = "bench-key"
 AT = "2025-01-01 12:00:00.000000"
@@ -36,7 +37,8 @@ def fill(path: Path, supporters: int, events: int, limit_s: float) -> dict[str, 
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")
-    ids = [supporter_id(KEY, email(n), None) for n in range(supporters)]
+    rng = random.Random(7)
+    ids = [new_supporter_id(rng) for _ in range(supporters)]
     filled = {"supporters": 0, "ledger": 0}
     for lo in range(0, supporters, CHUNK):
         chunk = range(lo, min(lo + CHUNK, supporters))

@@ -1,16 +1,26 @@
 """The rows and events the integration tests set up again and again: a supporter with consent,
-a nudge request."""
+a nudge request; and the ids the ingest gave people, read back from the store."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy.orm import Session
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
-from infra.db import ConsentRecord, Supporter
+from infra.db import ConsentRecord, IdentityLink, Supporter, SupporterAlias
+from producers import ledger
 from schemas.events import NudgeRequested
+from schemas.identity import (
+    contact_identity,
+    new_supporter_id,
+    normalise_email,
+    normalise_phone,
+)
 
 
 def consent_record(
@@ -78,3 +88,62 @@ def nudge_request(
         context=context or {},
         holdout=holdout,
     )
+
+
+def linked_id(
+    session: Session, key: str, *, email: str | None = None, phone: str | None = None
+) -> str | None:
+    """The supporter id the identity link of this email or phone names, or None when it has
+    no link. Ids are random, so a test learns them this way: the link of the normalised
+    address (its keyed hash), never a search of stored addresses. Links move to the survivor
+    of a merge, so after one this is the survivor; read an absorbed id before the merge, or
+    with ``absorbed_into``."""
+    if (email is None) == (phone is None):
+        raise ValueError("exactly one of an email and a phone")
+    if email is not None:
+        identity = contact_identity(key, "email", normalise_email(email))
+    else:
+        assert phone is not None
+        identity = contact_identity(key, "phone", normalise_phone(phone))
+    link = session.get(IdentityLink, identity)
+    return None if link is None else link.supporter_id
+
+
+def id_of(
+    sessions: sessionmaker[Session],
+    key: str,
+    *,
+    email: str | None = None,
+    phone: str | None = None,
+) -> str:
+    """``linked_id`` in a session of its own, for an address that must be linked by now."""
+    with sessions() as session:
+        sid = linked_id(session, key, email=email, phone=phone)
+    assert sid is not None, f"no identity link for {email or phone}"
+    return sid
+
+
+def absorbed_into(session: Session, survivor: str) -> list[str]:
+    """The ids merged into ``survivor`` (``supporter_aliases``), oldest merge first."""
+    return list(
+        session.scalars(
+            select(SupporterAlias.absorbed_id)
+            .where(SupporterAlias.survivor_id == survivor)
+            .order_by(SupporterAlias.merged_at, SupporterAlias.absorbed_id)
+        )
+    )
+
+
+def ids_given_next(monkeypatch: pytest.MonkeyPatch, count: int) -> list[str]:
+    """The ids the next ``count`` people the ingest sees for the first time will be given, in
+    order (random, drawn here; random again after them). Only for a batch that names someone by
+    the id they are given earlier in the same batch, which no client can know otherwise. A
+    transaction run again (a conflict) draws again: use it where nothing races."""
+    ids = [new_supporter_id() for _ in range(count)]
+    queue = list(ids)
+
+    def given(rng: random.Random | None = None) -> str:
+        return queue.pop(0) if queue else new_supporter_id(rng)
+
+    monkeypatch.setattr(ledger, "new_supporter_id", given)
+    return ids

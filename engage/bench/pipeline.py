@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import random
 import statistics
 import tempfile
 import time
@@ -24,21 +25,26 @@ from infra.db import FollowUpTask, LedgerEvent, Nudge
 from infra.settings import Settings
 from producers.simulator import generate_events
 from schemas.events import INGEST_TO_TOPIC, Event, IngestEvent
-from schemas.identity import supporter_id
+from schemas.identity import new_supporter_id
 from streams.playbook import DEFAULT_PLAYBOOK
 from streams.worker import StreamWorker
 
 _INGEST: TypeAdapter[Any] = TypeAdapter(IngestEvent)
 
 
-def topic_events(count: int, seed: int = 5, key: str = "bench-key") -> list[Event]:
+def topic_events(count: int, seed: int = 5) -> list[Event]:
     """About ``count`` realistic input events, as they appear on the input topics."""
     raw = generate_events(max(count // 3, 1), seed=seed)
+    rng = random.Random(seed)
+    ids: dict[str | None, str] = {}  # an id per email (else phone), given at first sight
     events: list[Event] = []
     for payload in raw[:count]:
         parsed = _INGEST.validate_python(payload)
         fields = parsed.model_dump()
-        fields["supporter_id"] = supporter_id(key, parsed.email, parsed.phone)
+        address = parsed.email or parsed.phone
+        if address not in ids:
+            ids[address] = new_supporter_id(rng)
+        fields["supporter_id"] = ids[address]
         events.append(INGEST_TO_TOPIC[type(parsed)].model_validate(fields))
     return events
 

@@ -1,18 +1,23 @@
 """Personal data only where it is needed: after simulated traffic through `engage up`, no topic
 (every catalogue topic read to its high watermark) and no ledger payload holds anyone's email,
-phone, name or full postcode; the ``supporters`` table holds them for the sender."""
+phone, name or full postcode; the ``supporters`` table holds them for the sender. Then a few of
+the most active people are erased with `engage erase`: no table, no topic and no stored score
+holds their email, phone or surname any more, and the others' are still held."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
+from infra.db import Base
 from infra.topic_reader import read_to_end
 from producers.simulator import generate_events
 from schemas.catalogue import TOPICS
@@ -22,6 +27,13 @@ from tests.e2e.conftest import Pipeline
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Person:
+    email: str
+    phone: str
+    surname: str
 
 
 def _keys(value: Any) -> Iterator[str]:
@@ -55,6 +67,80 @@ def _identifying(events: list[dict[str, Any]]) -> set[str]:
             if event.get(name):
                 found.add(json.dumps(event[name]).lower())  # as a whole JSON string value
     return found
+
+
+def _most_active_with_unique_surnames(events: list[dict[str, Any]], count: int) -> list[Person]:
+    """The ``count`` people with the most events whose surname nobody else has (so finding it
+    anywhere means finding them), with their email, phone and surname."""
+    surnames = Counter(e["last_name"] for e in events if e.get("last_name"))
+    activity = Counter(e["email"] for e in events if e.get("email"))
+    people = {
+        e["email"]: Person(e["email"], e["phone"], e["last_name"])
+        for e in events
+        if e["type"] == "supporter.signup"
+        and e.get("email")
+        and e.get("phone")
+        and surnames[e.get("last_name")] == 1
+    }
+    ranked = sorted(people, key=lambda email: (-activity[email], email))
+    return [people[email] for email in ranked[:count]]
+
+
+def _every_row(database_url: str) -> str:
+    """Every row of every table, as text."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return "\n".join(
+                repr(tuple(row))
+                for table in Base.metadata.sorted_tables
+                for row in connection.execute(select(table)).all()
+            ).lower()
+    finally:
+        engine.dispose()
+
+
+def _erase_and_scan(pipeline: Pipeline, events: list[dict[str, Any]]) -> None:
+    erased = _most_active_with_unique_surnames(events, 3)
+    kept = _most_active_with_unique_surnames(events, 10)[3:]
+    assert len(erased) == 3 and kept
+    ids = []
+    for person in erased:
+        ids.append(pipeline.cli("export", person.email)["supporter_id"])
+        result = pipeline.cli("erase", person.email, "--by", "e2e", "--json")
+        assert result["already_erased"] is False and result["rows"]["supporters"] == 1, result
+    wait_until(
+        "the erasures to be published and folded",
+        lambda: (
+            (s := pipeline.cli("status", "--json"))["ledger"]["unpublished"] == 0
+            and s["consumer_lag"]["engage-stream"] == 0
+            and s["topics"]["supporter.erased"] >= 3
+        ),
+        120,
+        1.0,
+    )
+    rows = _every_row(pipeline.run["database_url"])
+    records = list(
+        read_to_end(pipeline.run["bootstrap"], [spec.name for spec in TOPICS], deadline_s=60)
+    )
+    topics = "\n".join((r.value or b"").decode() for r in records).lower()
+    for person in erased:
+        for trace in (person.email, person.phone, person.surname):
+            assert trace.lower() not in rows, f"a table still holds {trace!r}"
+            assert trace.lower() not in topics, f"a topic still holds {trace!r}"
+    scores = _every_row_of(pipeline.run["database_url"], "supporter_scores")
+    assert not any(sid in scores for sid in ids), "an erased person's score is still stored"
+    for person in kept:
+        assert person.email.lower() in rows, "erasing three people took someone else's row"
+
+
+def _every_row_of(database_url: str, table: str) -> str:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return repr(connection.execute(select(Base.metadata.tables[table])).all())
+    finally:
+        engine.dispose()
 
 
 def test_no_topic_and_no_ledger_payload_holds_contact_details(pipeline: Pipeline) -> None:
@@ -96,3 +182,5 @@ def test_no_topic_and_no_ledger_payload_holds_contact_details(pipeline: Pipeline
     for body in [r.value for r in records if r.value] + payloads:
         keys = set(_keys(json.loads(body)))
         assert not keys & set(LEGACY_CONTACT_FIELDS), body[:300]
+
+    _erase_and_scan(pipeline, events)

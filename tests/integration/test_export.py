@@ -5,7 +5,6 @@ else's; and the JSON Schema committed in docs/ is the model's and validates the 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,31 +18,25 @@ from consumers.repository import store_nudges, store_scores, store_tasks
 from engage.cli import main
 from engage.export import SubjectAccessExport, export_json_schema, subject_access_export
 from engage.wiring import engine_for
-from infra.consent import contact_key, suppress
-from infra.db import Nudge, OutboxMessage
+from infra.consent import suppress
 from infra.settings import Settings
-from schemas.events import EngagementScored, TaskCreated
-from schemas.identity import supporter_id
+from schemas.identity import new_supporter_id
 from tests.factories import nudge_request
-from tests.integration.test_ingest_api import (
-    KEY,
-    TOKEN,
-    WHEN,
-    consent,
-    outcome,
-    petition,
-    rsvp,
-    signup,
+from tests.integration.people import (
+    JO,
+    JO_PHONE,
+    SAM,
+    SAM_PHONE,
+    People,
+    follow_up_tasks,
+    post_outcome,
+    post_people,
+    scored,
+    sent_to_outbox,
 )
+from tests.integration.test_ingest_api import KEY, TOKEN, WHEN, consent
 
 SCHEMA = Path(__file__).parents[2] / "docs" / "export.schema.json"
-JO = "jo.bloggs@example.org"
-PHONE = "+447911123456"
-JO_ID = supporter_id(KEY, JO, None)
-PHONE_ID = supporter_id(KEY, None, PHONE)  # merged into JO_ID when an RSVP gives both
-SAM = "sam.other@example.org"
-SAM_PHONE = "+447911123457"
-SAM_ID = supporter_id(KEY, SAM, None)
 NOW = WHEN + timedelta(hours=1)
 
 
@@ -55,68 +48,35 @@ def client(api: str) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def held(client: httpx.Client, sessions: sessionmaker[Session]) -> None:
+def held(client: httpx.Client, sessions: sessionmaker[Session]) -> People:
     """Jo: a signup by email (email consent), a petition by phone (another id, merged into
     Jo's when an RSVP gives both), SMS consent, a nudge sent to the local outbox, a
     suppression of the email, a task and its outcome, a stored score. Sam: a signup, a nudge
     and a task of their own."""
-    posted = [
-        signup(),
-        petition(),
-        rsvp(email=JO, phone="07911 123456", meeting_id="m-1"),
-        consent(JO_ID, channel="sms", granted=True, source="form", wording_version="sms-2024-06"),
-        signup(email=SAM, phone=SAM_PHONE, first_name="Samira", consent_wording="sam-wording"),
-    ]
-    answer = client.post("/v1/events/batch", json={"events": posted})
-    assert answer.status_code == 202, answer.text
-    nudge = nudge_request(f"welcome:{JO_ID}", JO_ID, "email", WHEN)
-    task = TaskCreated(
-        event_time=WHEN,
-        task_id=f"call-new-signer:{JO_ID}",
-        supporter_id=JO_ID,
-        kind="call",
-        reason="new signer",
-        due_at=WHEN + timedelta(days=2),
-        rule="call-new-signer",
-        cause_event_id=uuid.uuid4(),
+    people = post_people(
+        client,
+        sessions,
+        sam={"phone": SAM_PHONE, "first_name": "Samira", "consent_wording": "sam-wording"},
     )
+    jo, sam = people.jo, people.sam
+    sms = consent(jo, channel="sms", granted=True, source="form", wording_version="sms-2024-06")
+    answer = client.post("/v1/events", json=sms)  # by Jo's id, known once given
+    assert answer.status_code == 202, answer.text
     with sessions.begin() as session:
-        store_nudges(session, [nudge, nudge_request(f"welcome:{SAM_ID}", SAM_ID, "email", WHEN)])
-        store_tasks(
-            session,
-            [task, task.model_copy(update={"task_id": "call:sam", "supporter_id": SAM_ID})],
-        )
-        row = session.get(Nudge, f"welcome:{JO_ID}")
-        assert row is not None
-        row.status, row.sent_at, row.provider = "sent", WHEN, "outbox"
-        row.recipient = contact_key(KEY, "email", JO)
-        session.add(
-            OutboxMessage(
-                nudge_id=f"welcome:{JO_ID}",
-                channel="email",
-                to_address=JO,
-                subject="Welcome, Jo",
-                body="Thanks for signing up.",
-                created_at=WHEN,
-            )
-        )
-        suppress(session, KEY, "email", JO, "unsubscribed", "unsubscribe_link", WHEN)
-        suppress(session, KEY, "email", SAM, "bounced", "sendgrid", WHEN)
-        store_scores(
+        store_nudges(
             session,
             [
-                EngagementScored(
-                    event_time=WHEN,
-                    supporter_id=JO_ID,
-                    score=3.5,
-                    rung="signer",
-                    cause_event_id=uuid.uuid4(),
-                    half_life_days=30,
-                )
+                nudge_request(f"welcome:{jo}", jo, "email", WHEN),
+                nudge_request(f"welcome:{sam}", sam, "email", WHEN),
             ],
         )
-    answer = client.post("/v1/events", json=outcome(JO_ID))
-    assert answer.status_code == 202, answer.text
+        store_tasks(session, follow_up_tasks(people))
+        sent_to_outbox(session, f"welcome:{jo}", JO, "Welcome, Jo", "Thanks for signing up.")
+        suppress(session, KEY, "email", JO, "unsubscribed", "unsubscribe_link", WHEN)
+        suppress(session, KEY, "email", SAM, "bounced", "sendgrid", WHEN)
+        store_scores(session, [scored(jo)])
+    post_outcome(client, jo)
+    return people
 
 
 def export(sessions: sessionmaker[Session], who: str) -> SubjectAccessExport:
@@ -125,27 +85,25 @@ def export(sessions: sessionmaker[Session], who: str) -> SubjectAccessExport:
     return document
 
 
-@pytest.mark.usefixtures("held")
 def test_by_email_phone_or_either_id_the_document_is_the_same(
-    sessions: sessionmaker[Session],
+    held: People, sessions: sessionmaker[Session]
 ) -> None:
     by_email = export(sessions, "  Jo.Bloggs@Example.ORG ")
 
-    assert by_email.supporter_id == JO_ID
-    for who in (JO, PHONE, "07911 123456", JO_ID, PHONE_ID):
+    assert by_email.supporter_id == held.jo
+    for who in (JO, JO_PHONE, "07911 123456", held.jo, held.jo_phone):
         assert export(sessions, who) == by_email, who
 
 
-@pytest.mark.usefixtures("held")
 def test_the_document_holds_their_details_events_consent_nudges_and_tasks(
-    sessions: sessionmaker[Session],
+    held: People, sessions: sessionmaker[Session]
 ) -> None:
     document = export(sessions, JO)
 
     assert document.contact is not None
-    assert (document.contact.email, document.contact.phone) == (JO, PHONE)
+    assert (document.contact.email, document.contact.phone) == (JO, JO_PHONE)
     assert document.contact.postcode == "E2 7DJ"
-    assert [m.supporter_id for m in document.merged_ids] == [PHONE_ID]
+    assert [m.supporter_id for m in document.merged_ids] == [held.jo_phone]
     assert sorted(link.kind for link in document.identity_links) == ["email", "phone"]
     assert {(c.channel, c.granted, c.source, c.wording_version) for c in document.consents} == {
         ("email", True, "signup", "2024-05"),
@@ -155,30 +113,31 @@ def test_the_document_holds_their_details_events_consent_nudges_and_tasks(
     topics = [e.topic for e in document.events]
     for topic in ("supporter.signup", "petition.signed", "event.rsvp", "task.outcome"):
         assert topic in topics
-    assert {e.supporter_id for e in document.events} == {JO_ID, PHONE_ID}
+    assert {e.supporter_id for e in document.events} == {held.jo, held.jo_phone}
     petition_event = next(e for e in document.events if e.topic == "petition.signed")
     assert petition_event.payload["petition_id"] == "clean-air"
     (nudge,) = document.nudges
-    assert (nudge.nudge_id, nudge.status) == (f"welcome:{JO_ID}", "sent")
+    assert (nudge.nudge_id, nudge.status) == (f"welcome:{held.jo}", "sent")
     assert nudge.message is not None and nudge.message.subject == "Welcome, Jo"
     (task,) = document.tasks
-    assert task.task_id == f"call-new-signer:{JO_ID}"
+    assert task.task_id == f"call-new-signer:{held.jo}"
     assert [o.outcome for o in task.outcomes] == ["positive"]
     assert document.score is not None and document.score.rung == "signer"
     assert document.explanation is not None
-    assert document.explanation["supporter_id"] == JO_ID
+    assert document.explanation["supporter_id"] == held.jo
     assert document.rung_history
     assert document.rung_history[-1].rung == document.explanation["rung"]
 
 
-@pytest.mark.usefixtures("held")
-def test_the_document_holds_nothing_about_anyone_else(sessions: sessionmaker[Session]) -> None:
-    text = export(sessions, PHONE).model_dump_json()
+def test_the_document_holds_nothing_about_anyone_else(
+    held: People, sessions: sessionmaker[Session]
+) -> None:
+    text = export(sessions, JO_PHONE).model_dump_json()
 
-    for theirs in (SAM, SAM_PHONE, SAM_ID, "Samira", "sam-wording", "call:sam", "bounced"):
+    for theirs in (SAM, SAM_PHONE, held.sam, "Samira", "sam-wording", "call:sam", "bounced"):
         assert theirs not in text
     sam = export(sessions, SAM).model_dump_json()
-    for jos in (JO, PHONE, JO_ID, PHONE_ID, "clean-air", "2024-05", "unsubscribed"):
+    for jos in (JO, JO_PHONE, held.jo, held.jo_phone, "clean-air", "2024-05", "unsubscribed"):
         assert jos not in sam
 
 
@@ -199,17 +158,18 @@ def test_the_committed_schema_is_the_models(database_url: str) -> None:
 
 
 def test_nobody_matching_gives_none(sessions: sessionmaker[Session]) -> None:
-    for who in ("nobody@example.org", "+447911123499", "sup_" + "0" * 32, "x"):
+    for who in ("nobody@example.org", "+447911123499", new_supporter_id(), "x"):
         assert subject_access_export(sessions, engine_for(), KEY, who, NOW) is None
 
 
-@pytest.mark.usefixtures("held")
-def test_the_api_answers_the_token_holder_and_404s_for_nobody(client: httpx.Client) -> None:
-    answer = client.get(f"/v1/admin/export/{PHONE}")
+def test_the_api_answers_the_token_holder_and_404s_for_nobody(
+    held: People, client: httpx.Client
+) -> None:
+    answer = client.get(f"/v1/admin/export/{JO_PHONE}")
     assert answer.status_code == 200, answer.text
     document = SubjectAccessExport.model_validate(answer.json())
-    assert document.supporter_id == JO_ID
-    assert {n.nudge_id for n in document.nudges} == {f"welcome:{JO_ID}"}
+    assert document.supporter_id == held.jo
+    assert {n.nudge_id for n in document.nudges} == {f"welcome:{held.jo}"}
 
     assert client.get("/v1/admin/export/nobody@example.org").status_code == 404
     refused = client.get(f"/v1/admin/export/{JO}", headers={"Authorization": "Bearer wrong"})
@@ -217,9 +177,8 @@ def test_the_api_answers_the_token_holder_and_404s_for_nobody(client: httpx.Clie
     assert refused.headers["WWW-Authenticate"] == "Bearer"
 
 
-@pytest.mark.usefixtures("held")
 def test_the_cli_writes_the_document(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    held: People, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ENGAGE_HOME", str(tmp_path))
     monkeypatch.setenv("ENGAGE_DATABASE_URL", settings.sqlalchemy_url)
@@ -227,8 +186,8 @@ def test_the_cli_writes_the_document(
     monkeypatch.setenv("ENGAGE_API_TOKEN", TOKEN)
     out = tmp_path / "jo.json"
 
-    assert main(["export", JO_ID, "--out", str(out)]) == 0
+    assert main(["export", held.jo, "--out", str(out)]) == 0
     document = SubjectAccessExport.model_validate_json(out.read_text())
-    assert document.supporter_id == JO_ID
+    assert document.supporter_id == held.jo
     assert document.contact is not None and document.contact.email == JO
     assert main(["export", "nobody@example.org"]) == 1

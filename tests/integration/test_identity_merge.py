@@ -1,25 +1,43 @@
-"""Identity links, merges and "brought by" credit through the ingest API, on both databases."""
+"""Identity links, merges and "brought by" credit through the ingest API, on both databases;
+random ids at first sight, supporters stored before identity links, and an erased person's
+address coming back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from infra.db import ConsentRecord, IdentityLink, LedgerEvent, Supporter, SupporterAlias
+from engage.erasure import erase
+from infra.db import (
+    ConsentRecord,
+    Erasure,
+    IdentityLink,
+    LedgerEvent,
+    Supporter,
+    SupporterAlias,
+    make_engine,
+    migrate,
+    session_factory,
+)
 from producers import ledger as ledger_module
 from producers.api import IngestService
 from producers.ledger import merge_event_id
 from schemas.events import IdentityMerged, SupporterBrought, derived_event_id
-from schemas.identity import contact_identity, supporter_id
+from schemas.identity import contact_identity, legacy_supporter_id
+from tests.databases import fresh_pg_schema
+from tests.factories import add_supporter, id_of, ids_given_next, linked_id
 from tests.integration.test_ingest_api import (
     KEY,
     TOKEN,
@@ -33,8 +51,6 @@ from tests.integration.test_ingest_api import (
 
 JO = "jo.bloggs@example.org"
 PHONE = "+447911123456"
-BY_EMAIL = supporter_id(KEY, JO, None)
-BY_PHONE = supporter_id(KEY, None, PHONE)
 
 
 @pytest.fixture
@@ -101,23 +117,26 @@ def test_an_email_only_and_a_phone_only_supporter_merge_when_an_event_links_them
     signed = petition(phone="07911 123456")
     post(client, by_email)
     post(client, by_phone, signed)
+    email_sid = id_of(sessions, KEY, email=JO)  # two people so far: read before the merge
+    phone_sid = id_of(sessions, KEY, phone=PHONE)
+    assert email_sid != phone_sid
     keys = by_event_id(sessions)
-    assert keys[by_email["event_id"]].key == BY_EMAIL
-    assert keys[by_phone["event_id"]].key == keys[signed["event_id"]].key == BY_PHONE
+    assert keys[by_email["event_id"]].key == email_sid
+    assert keys[by_phone["event_id"]].key == keys[signed["event_id"]].key == phone_sid
     assert merged(sessions) == {}
 
     linking = attended(email=JO, phone="07911 123456", meeting_id="m-7")
     response = post(client, linking)
 
     assert response.json()["accepted"] == [linking["event_id"]]  # derived records not listed
-    assert aliases(sessions) == {BY_PHONE: (BY_EMAIL, uuid.UUID(linking["event_id"]))}
+    assert aliases(sessions) == {phone_sid: (email_sid, uuid.UUID(linking["event_id"]))}
     records = merged(sessions)
-    assert set(records) == {f"survivor:{BY_EMAIL}", f"absorbed:{BY_PHONE}"}
-    survivor, absorbed = records[f"survivor:{BY_EMAIL}"], records[f"absorbed:{BY_PHONE}"]
+    assert set(records) == {f"survivor:{email_sid}", f"absorbed:{phone_sid}"}
+    survivor, absorbed = records[f"survivor:{email_sid}"], records[f"absorbed:{phone_sid}"]
     for record in (survivor, absorbed):
-        assert (record.survivor_id, record.absorbed_id) == (BY_EMAIL, BY_PHONE)
+        assert (record.survivor_id, record.absorbed_id) == (email_sid, phone_sid)
         assert record.event_time.isoformat() == linking["event_time"]
-        assert record.event_id == merge_event_id(BY_PHONE, BY_EMAIL, record.role)
+        assert record.event_id == merge_event_id(phone_sid, email_sid, record.role)
     assert absorbed.actions == []
     assert [(str(a.event_id), a.type, a.kind) for a in survivor.actions] == [
         (by_phone["event_id"], "supporter.signup", "supporter.signup"),
@@ -137,23 +156,23 @@ def test_an_email_only_and_a_phone_only_supporter_merge_when_an_event_links_them
     ledger_rows = rows(sessions)
     order = [str(r.event_id) for r in ledger_rows]
     assert order.index(str(survivor.event_id)) < order.index(linking["event_id"])
-    assert by_event_id(sessions)[linking["event_id"]].key == BY_EMAIL
+    assert by_event_id(sessions)[linking["event_id"]].key == email_sid
     assert json.loads(by_event_id(sessions)[linking["event_id"]].payload)["supporter_id"] == (
-        BY_EMAIL
+        email_sid
     )
 
     # Both contacts now belong to the survivor; only keyed hashes are stored.
     assert links(sessions) == {
-        contact_identity(KEY, "email", JO): BY_EMAIL,
-        contact_identity(KEY, "phone", PHONE): BY_EMAIL,
+        contact_identity(KEY, "email", JO): email_sid,
+        contact_identity(KEY, "phone", PHONE): email_sid,
     }
     assert not any(JO in i or PHONE in i or "7911" in i for i in links(sessions))
     with sessions() as session:
         consent_rows = session.scalars(select(ConsentRecord)).all()
-        person = session.get(Supporter, BY_EMAIL)
+        person = session.get(Supporter, email_sid)
     assert sorted((c.supporter_id, c.channel, c.granted) for c in consent_rows) == [
-        (BY_EMAIL, "email", True),
-        (BY_EMAIL, "sms", True),
+        (email_sid, "email", True),
+        (email_sid, "sms", True),
     ]
     assert person is not None
     # Empty fields filled from the absorbed supporter; the survivor's own values kept.
@@ -166,12 +185,12 @@ def test_an_email_only_and_a_phone_only_supporter_merge_when_an_event_links_them
 
     # Later: the phone alone, or the absorbed id itself, reach the survivor.
     later = petition(phone="07911 123456", petition_id="buses")
-    clicked = click(BY_PHONE)
+    clicked = click(phone_sid)
     post(client, later, clicked)
     keys = by_event_id(sessions)
-    assert keys[later["event_id"]].key == BY_EMAIL
-    assert keys[clicked["event_id"]].key == BY_EMAIL
-    assert json.loads(keys[clicked["event_id"]].payload)["supporter_id"] == BY_EMAIL
+    assert keys[later["event_id"]].key == email_sid
+    assert keys[clicked["event_id"]].key == email_sid
+    assert json.loads(keys[clicked["event_id"]].payload)["supporter_id"] == email_sid
 
     # The same linking event again is a duplicate and merges nothing twice.
     again = client.post("/v1/events", json=linking)
@@ -181,24 +200,30 @@ def test_an_email_only_and_a_phone_only_supporter_merge_when_an_event_links_them
 
 
 def test_one_batch_resolves_in_order_as_separate_requests_would(
-    client: httpx.Client, sessions: sessionmaker[Session]
+    client: httpx.Client, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The ids the email and then the phone get when first seen, early in the batch.
+    email_sid, phone_sid = ids_given_next(monkeypatch, 2)
     events = [
         signup(email=JO, consent_email=True),
         petition(phone="07911 123456"),
-        consent(BY_PHONE, channel="sms", granted=True, source="form"),  # known from the line above
+        consent(phone_sid, channel="sms", granted=True, source="form"),  # known from the line above
         attended(email=JO, phone="07911 123456"),
         petition(phone="07911 123456", petition_id="buses"),
-        click(BY_PHONE),
+        click(phone_sid),
     ]
     response = post(client, *events)
 
     assert response.json()["accepted"] == [e["event_id"] for e in events]
     keys = by_event_id(sessions)
-    expected = [BY_EMAIL, BY_PHONE, BY_PHONE, BY_EMAIL, BY_EMAIL, BY_EMAIL]
+    expected = [email_sid, phone_sid, phone_sid, email_sid, email_sid, email_sid]
     assert [keys[e["event_id"]].key for e in events] == expected
-    assert aliases(sessions) == {BY_PHONE: (BY_EMAIL, uuid.UUID(events[3]["event_id"]))}
-    survivor = merged(sessions)[f"survivor:{BY_EMAIL}"]
+    assert links(sessions) == {
+        contact_identity(KEY, "email", JO): email_sid,
+        contact_identity(KEY, "phone", PHONE): email_sid,
+    }
+    assert aliases(sessions) == {phone_sid: (email_sid, uuid.UUID(events[3]["event_id"]))}
+    survivor = merged(sessions)[f"survivor:{email_sid}"]
     assert [(str(a.event_id), a.kind) for a in survivor.actions] == [
         (events[1]["event_id"], "petition.signed"),
         (events[2]["event_id"], "sms.opted_in"),
@@ -206,8 +231,8 @@ def test_one_batch_resolves_in_order_as_separate_requests_would(
     with sessions() as session:
         consent_rows = session.scalars(select(ConsentRecord)).all()
     assert sorted((c.supporter_id, c.channel, c.source) for c in consent_rows) == [
-        (BY_EMAIL, "email", "signup"),
-        (BY_EMAIL, "sms", "form"),
+        (email_sid, "email", "signup"),
+        (email_sid, "sms", "form"),
     ]
 
 
@@ -215,16 +240,20 @@ def test_a_supporter_merged_twice_takes_everything_merged_into_it_along(
     client: httpx.Client, sessions: sessionmaker[Session]
 ) -> None:
     first, second, mobile = "first@example.org", "second@example.org", "07400 123456"
-    s_phone = supporter_id(KEY, None, "+447400123456")
-    s_first = supporter_id(KEY, first, None)
-    s_second = supporter_id(KEY, second, None)
     by_phone = petition(phone=mobile)
     by_first = signup(email=first)
     link_first = attended(email=first, phone=mobile)  # s_phone merged into s_first
     by_second = signup(email=second)
     link_second = attended(email=second, phone=mobile)  # s_first merged into s_second
-    for event in (by_phone, by_first, link_first, by_second, link_second):
-        post(client, event)
+    post(client, by_phone)
+    s_phone = id_of(sessions, KEY, phone=mobile)  # each id read when first given
+    post(client, by_first)
+    s_first = id_of(sessions, KEY, email=first)
+    post(client, link_first)
+    post(client, by_second)
+    s_second = id_of(sessions, KEY, email=second)
+    post(client, link_second)
+    assert len({s_phone, s_first, s_second}) == 3
 
     assert aliases(sessions) == {
         s_phone: (s_second, uuid.UUID(link_first["event_id"])),
@@ -257,10 +286,9 @@ def test_a_supporter_merged_twice_takes_everything_merged_into_it_along(
 def test_an_attendance_brought_by_someone_credits_them(
     client: httpx.Client, sessions: sessionmaker[Session]
 ) -> None:
-    sam = supporter_id(KEY, "sam@example.org", None)
-    bringer_by_phone = supporter_id(KEY, None, PHONE)
     brought_new = attended(brought_by_email="  New.Friend@Example.org ", meeting_id="m-2")
     post(client, petition(phone="07911 123456"))
+    bringer_by_phone = id_of(sessions, KEY, phone=PHONE)
     brought_known = attended(email="alex@example.org", brought_by_phone="07911 123456")
     themselves = attended(email="kim@example.org", brought_by_email="kim@example.org")
     response = post(client, brought_new, brought_known, themselves)
@@ -275,13 +303,16 @@ def test_an_attendance_brought_by_someone_credits_them(
         for r in rows(sessions)
         if r.topic == "supporter.brought"
     }
-    new_friend = supporter_id(KEY, "new.friend@example.org", None)
-    assert set(credits) == {new_friend, bringer_by_phone}  # nobody brings themselves
+    sam = id_of(sessions, KEY, email="sam@example.org")
+    alex = id_of(sessions, KEY, email="alex@example.org")
+    kim = id_of(sessions, KEY, email="kim@example.org")
+    assert len(credits) == 2 and bringer_by_phone in credits  # nobody brings themselves
+    (new_friend,) = set(credits) - {bringer_by_phone}
+    assert len({sam, alex, kim, new_friend, bringer_by_phone}) == 5
     credit = credits[new_friend]
     assert credit.event_id == derived_event_id(uuid.UUID(brought_new["event_id"]), "brought")
     assert (credit.brought_supporter_id, credit.meeting_id) == (sam, "m-2")
     assert credit.event_time.isoformat() == brought_new["event_time"]
-    alex = supporter_id(KEY, "alex@example.org", None)
     assert credits[bringer_by_phone].brought_supporter_id == alex
 
     # The bringer never seen before is linked and kept, so they are the same person later.
@@ -302,15 +333,18 @@ def test_concurrently_linked_contacts_are_seen_and_merged_on_the_retry(
     own: the insert finds the link taken, the transaction runs again and merges."""
     service = IngestService(sessions, identity_key=KEY, token=TOKEN)
     assert service.ingest([signup(email=JO)], "").accepted
+    email_sid = id_of(sessions, KEY, email=JO)
     rival = petition(phone="07911 123456")
     ours = attended(email=JO, phone="07911 123456")
     save_links = ledger_module._Identities.save_links
     calls: list[str] = []
+    rivals: list[str] = []
 
     def rival_first(self: Any) -> None:
         calls.append("save")
         if len(calls) == 1:  # the rival commits between our read and our write
             assert service.ingest([rival], "").accepted == [uuid.UUID(rival["event_id"])]
+            rivals.append(id_of(sessions, KEY, phone=PHONE))  # before our retry merges it
         save_links(self)
 
     monkeypatch.setattr(ledger_module._Identities, "save_links", rival_first)
@@ -318,12 +352,14 @@ def test_concurrently_linked_contacts_are_seen_and_merged_on_the_retry(
 
     assert result.accepted == [uuid.UUID(ours["event_id"])]
     assert calls == ["save", "save", "save"]  # ours, the rival's inside it, ours again
+    (phone_sid,) = rivals
+    assert phone_sid != email_sid
     keys = by_event_id(sessions)
-    assert keys[rival["event_id"]].key == BY_PHONE
-    assert keys[ours["event_id"]].key == BY_EMAIL
-    assert aliases(sessions) == {BY_PHONE: (BY_EMAIL, uuid.UUID(ours["event_id"]))}
-    assert set(merged(sessions)) == {f"survivor:{BY_EMAIL}", f"absorbed:{BY_PHONE}"}
-    assert set(links(sessions).values()) == {BY_EMAIL}
+    assert keys[rival["event_id"]].key == phone_sid
+    assert keys[ours["event_id"]].key == email_sid
+    assert aliases(sessions) == {phone_sid: (email_sid, uuid.UUID(ours["event_id"]))}
+    assert set(merged(sessions)) == {f"survivor:{email_sid}", f"absorbed:{phone_sid}"}
+    assert set(links(sessions).values()) == {email_sid}
 
 
 def test_a_concurrent_link_to_the_same_supporter_is_no_conflict(
@@ -333,13 +369,14 @@ def test_a_concurrent_link_to_the_same_supporter_is_no_conflict(
     ours = petition(email=JO, phone=None)
     save_links = ledger_module._Identities.save_links
     calls: list[str] = []
+    chosen: list[str] = []
 
     def rival_first(self: Any) -> None:
         calls.append("save")
+        email = contact_identity(KEY, "email", JO)
+        chosen.append(self.owners[email])  # the id this transaction gave the email
         with sessions.begin() as rival:  # a rival that linked the email the same way
-            rival.add(
-                IdentityLink(identity=contact_identity(KEY, "email", JO), supporter_id=BY_EMAIL)
-            )
+            rival.add(IdentityLink(identity=email, supporter_id=chosen[-1]))
         save_links(self)
 
     monkeypatch.setattr(ledger_module._Identities, "save_links", rival_first)
@@ -347,8 +384,9 @@ def test_a_concurrent_link_to_the_same_supporter_is_no_conflict(
 
     assert result.accepted == [uuid.UUID(ours["event_id"])]
     assert calls == ["save"]  # no second attempt
-    assert [r.key for r in rows(sessions)] == [BY_EMAIL]
-    assert links(sessions) == {contact_identity(KEY, "email", JO): BY_EMAIL}
+    (email_sid,) = chosen
+    assert [r.key for r in rows(sessions)] == [email_sid]
+    assert links(sessions) == {contact_identity(KEY, "email", JO): email_sid}
 
 
 def test_requests_racing_on_the_same_new_contacts_agree_on_one_supporter(
@@ -371,9 +409,10 @@ def test_requests_racing_on_the_same_new_contacts_agree_on_one_supporter(
         thread.join(60)
 
     assert statuses == [202] * len(events)
-    assert {r.key for r in rows(sessions)} == {BY_EMAIL}
+    email_sid = id_of(sessions, KEY, email=JO)
+    assert {r.key for r in rows(sessions)} == {email_sid}
     assert len(rows(sessions)) == len(events)
-    assert set(links(sessions).values()) == {BY_EMAIL}
+    assert set(links(sessions).values()) == {email_sid}
     assert len(links(sessions)) == 2
     assert aliases(sessions) == {}
 
@@ -386,8 +425,11 @@ def test_an_event_for_a_supporter_merged_away_meanwhile_goes_to_the_survivor(
     service = IngestService(sessions, identity_key=KEY, token=TOKEN)
     texts_ok = signup(email=None, phone="07911 123456", consent_email=False, consent_sms=True)
     assert service.ingest([signup(email=JO), texts_ok], "").accepted
+    email_sid = id_of(sessions, KEY, email=JO)
+    phone_sid = id_of(sessions, KEY, phone=PHONE)
+    assert email_sid != phone_sid
     linking = attended(email=JO, phone="07911 123456")
-    stop_texts = consent(BY_PHONE, channel="sms", granted=False, source="sms_stop")
+    stop_texts = consent(phone_sid, channel="sms", granted=False, source="sms_stop")
     save_links = ledger_module._Identities.save_links
     calls: list[str] = []
 
@@ -402,11 +444,144 @@ def test_an_event_for_a_supporter_merged_away_meanwhile_goes_to_the_survivor(
 
     assert result.accepted == [uuid.UUID(stop_texts["event_id"])]
     assert len(calls) == 3  # ours, the merge's inside it, ours again
-    assert by_event_id(sessions)[stop_texts["event_id"]].key == BY_EMAIL
+    assert by_event_id(sessions)[stop_texts["event_id"]].key == email_sid
     with sessions() as session:
         sms = session.scalars(
             select(ConsentRecord)
             .where(ConsentRecord.channel == "sms")
             .order_by(ConsentRecord.recorded_at)
         ).all()
-    assert [(c.supporter_id, c.granted) for c in sms] == [(BY_EMAIL, True), (BY_EMAIL, False)]
+    assert [(c.supporter_id, c.granted) for c in sms] == [(email_sid, True), (email_sid, False)]
+
+
+# --- random ids at first sight ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def another_store(database_url: str, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """A second empty store of the test's kind (SQLite, or a PostgreSQL schema), migrated."""
+    with contextlib.ExitStack() as stack:
+        if database_url.startswith("sqlite"):
+            url = f"sqlite:///{tmp_path / 'another.db'}"
+        else:
+            url = stack.enter_context(fresh_pg_schema())
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        migrate(engine)
+        yield session_factory(engine)
+
+
+def test_a_new_persons_id_is_random_not_a_keyed_hash_of_their_address(
+    sessions: sessionmaker[Session], database_url: str, tmp_path: Path
+) -> None:
+    """Nothing about the person gives their id back, not even their address with our key:
+    the same address with the same key gets another id in another store."""
+    given: list[str] = []
+    with another_store(database_url, tmp_path) as elsewhere:
+        for store in (sessions, elsewhere):
+            service = IngestService(store, identity_key=KEY, token=TOKEN)
+            event = signup(email=JO, phone="07911 123456")
+            assert service.ingest([event], "").accepted == [uuid.UUID(event["event_id"])]
+            sid = id_of(store, KEY, email=JO)
+            assert id_of(store, KEY, phone=PHONE) == sid
+            assert by_event_id(store)[event["event_id"]].key == sid
+            given.append(sid)
+
+    here, there = given
+    assert here != there
+    computable = {
+        legacy_supporter_id(KEY, JO, None),
+        legacy_supporter_id(KEY, None, PHONE),
+    }
+    links_made = (contact_identity(KEY, "email", JO), contact_identity(KEY, "phone", PHONE))
+    for sid in given:
+        assert re.fullmatch(r"sup_[0-9a-f]{32}", sid)
+        assert sid not in computable
+        assert not any(sid.removeprefix("sup_") in link for link in links_made)
+    # Their address finds the id they were given from now on (through its link).
+    service = IngestService(sessions, identity_key=KEY, token=TOKEN)
+    later = petition(email=JO, phone=None, petition_id="buses")
+    assert service.ingest([later], "").accepted
+    assert by_event_id(sessions)[later["event_id"]].key == here
+
+
+@pytest.mark.parametrize(
+    ("stored", "posted", "linked"),
+    [
+        (
+            {"email": JO},
+            {"email": JO, "phone": "07911 123456"},
+            {("email", JO), ("phone", PHONE)},
+        ),
+        ({"phone": PHONE}, {"email": None, "phone": "07911 123456"}, {("phone", PHONE)}),
+    ],
+    ids=["by-email", "by-phone"],
+)
+def test_a_supporter_stored_before_identity_links_keeps_their_id_and_gets_links(
+    sessions: sessionmaker[Session],
+    stored: dict[str, str],
+    posted: dict[str, str | None],
+    linked: set[tuple[Literal["email", "phone"], str]],
+) -> None:
+    """Stored under the legacy id of their address, with no link to be found by: their
+    address posted again reaches them (not a new random id) and is linked to them."""
+    legacy = legacy_supporter_id(KEY, stored.get("email"), stored.get("phone"))
+    with sessions.begin() as session:
+        add_supporter(session, legacy, consented_at=WHEN, consent=("email",), **stored)
+    assert links(sessions) == {}
+
+    service = IngestService(sessions, identity_key=KEY, token=TOKEN)
+    again = petition(**posted)
+    assert service.ingest([again], "").accepted == [uuid.UUID(again["event_id"])]
+
+    assert by_event_id(sessions)[again["event_id"]].key == legacy
+    assert links(sessions) == {contact_identity(KEY, kind, value): legacy for kind, value in linked}
+    with sessions() as session:
+        assert session.scalars(select(Supporter.supporter_id)).all() == [legacy]
+        assert session.scalars(select(ConsentRecord.supporter_id)).all() == [legacy]
+    # From now on the link finds them: by the address again, and by their id.
+    later = petition(**posted, petition_id="buses")
+    clicked = click(legacy)
+    assert service.ingest([later, clicked], "").accepted
+    keys = by_event_id(sessions)
+    assert keys[later["event_id"]].key == keys[clicked["event_id"]].key == legacy
+    assert aliases(sessions) == {}
+
+
+def test_an_erased_persons_address_posted_again_gets_a_new_id(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Erasure deletes their links, so their address leads to nobody: a request by it finds
+    nobody, a repeat by their old id is recognised, and their address coming back is a new
+    person with a new id (the old one is not revived)."""
+    service = IngestService(sessions, identity_key=KEY, token=TOKEN)
+    assert service.ingest([signup(email=JO)], "").accepted
+    erased = id_of(sessions, KEY, email=JO)
+
+    first = erase(sessions, KEY, JO, "test")
+    assert first is not None and not first.already_erased
+    with sessions() as session:
+        assert linked_id(session, KEY, email=JO) is None
+    assert erase(sessions, KEY, JO, "test") is None  # the address leads to nobody now
+    repeat = erase(sessions, KEY, erased, "test")
+    assert repeat is not None and repeat.already_erased and repeat.rows == {}
+    with sessions() as session:
+        assert [a.repeat for a in session.scalars(select(Erasure).order_by(Erasure.erased_at))] == [
+            False,
+            True,
+        ]
+
+    back = signup(email=JO)
+    assert service.ingest([back], "").accepted == [uuid.UUID(back["event_id"])]
+
+    sid = id_of(sessions, KEY, email=JO)
+    assert sid != erased
+    assert by_event_id(sessions)[back["event_id"]].key == sid
+    with sessions() as session:
+        assert session.get(Supporter, erased) is None
+        person = session.get(Supporter, sid)
+        assert person is not None and person.email == JO
+    refused = service.ingest([click(erased)], "")  # the old id is not revived
+    assert [(r.index, [(e.field, e.reason) for e in r.errors]) for r in refused.rejected] == [
+        (0, [("supporter_id", "no such supporter")])
+    ]

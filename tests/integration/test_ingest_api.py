@@ -17,7 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.db import ConsentRecord, LedgerEvent, Supporter
-from schemas.identity import supporter_id
+from schemas.identity import new_supporter_id
+from tests.factories import id_of, ids_given_next
 
 TOKEN = "test-token"
 KEY = "test-key"
@@ -185,7 +186,7 @@ def test_one_valid_event_is_committed_with_contact_and_consent(
 
     assert response.status_code == 202, response.text
     assert response.json() == {"accepted": [event["event_id"]], "duplicates": [], "rejected": []}
-    sid = supporter_id(KEY, "jo.bloggs@example.org", None)
+    sid = id_of(sessions, KEY, email="jo.bloggs@example.org")
     (row,) = ledger(sessions).values()
     assert (str(row.event_id), row.topic, row.key, row.published) == (
         event["event_id"],
@@ -216,10 +217,9 @@ def test_one_valid_event_is_committed_with_contact_and_consent(
 
 
 def test_a_valid_batch_of_every_type_is_committed(
-    client: httpx.Client, sessions: sessionmaker[Session]
+    client: httpx.Client, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    jo = supporter_id(KEY, "jo.bloggs@example.org", None)
-    sam = supporter_id(KEY, "sam@example.org", None)
+    jo, sam = ids_given_next(monkeypatch, 2)  # the by-id events name Jo, first seen in the batch
     events = [
         signup(consent_sms=True, phone="07911 123456"),
         petition(),
@@ -247,6 +247,9 @@ def test_a_valid_batch_of_every_type_is_committed(
         }
     assert set(people) == {jo, sam}
     assert people[jo].phone == "+447911123456"
+    assert id_of(sessions, KEY, email="jo.bloggs@example.org") == jo
+    assert id_of(sessions, KEY, phone="07911 123456") == jo
+    assert id_of(sessions, KEY, email="sam@example.org") == sam
     assert consent_rows == {
         (jo, "email", True, "signup"),
         (jo, "sms", True, "signup"),
@@ -255,9 +258,9 @@ def test_a_valid_batch_of_every_type_is_committed(
 
 
 def test_a_consent_change_is_recorded_as_consent_stamped_no_later_than_its_arrival(
-    client: httpx.Client, sessions: sessionmaker[Session]
+    client: httpx.Client, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    jo = supporter_id(KEY, "jo.bloggs@example.org", None)
+    (jo,) = ids_given_next(monkeypatch, 1)  # the signup in the same batch gives it
     ahead = (datetime.now(UTC) + timedelta(hours=6)).isoformat()  # a clock running ahead
     posted = [signup(), consent(jo, granted=True, channel="sms", event_time=ahead)]
     response = client.post("/v1/events/batch", json={"events": posted})
@@ -446,10 +449,10 @@ def test_the_newer_event_types_are_422_naming_the_field_and_reason(
 
 
 def test_a_by_id_event_for_no_such_supporter_is_422_and_the_rest_is_kept(
-    client: httpx.Client, sessions: sessionmaker[Session]
+    client: httpx.Client, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    jo = supporter_id(KEY, "jo.bloggs@example.org", None)
-    nobody = supporter_id(KEY, "nobody@example.org", None)  # well formed, never seen
+    (jo,) = ids_given_next(monkeypatch, 1)  # what Jo's signup will give: nobody's yet
+    nobody = new_supporter_id()  # well formed, never seen
     single = client.post("/v1/events", json=click(jo))
     assert single.status_code == 422
     assert single.json() == {
@@ -471,6 +474,7 @@ def test_a_by_id_event_for_no_such_supporter_is_422_and_the_rest_is_kept(
     assert errors[0] == [("events[0].supporter_id", "no such supporter")]
     assert errors[3] == [("events[3].supporter_id", "no such supporter")]
     assert set(ledger(sessions)) == {events[1]["event_id"], events[2]["event_id"]}
+    assert id_of(sessions, KEY, email="jo.bloggs@example.org") == jo
     with sessions() as session:
         assert session.get(Supporter, nobody) is None
         assert session.scalars(select(ConsentRecord.granted)).all() == [True]

@@ -39,7 +39,7 @@ from schemas.events import (
     SupporterSignup,
     derived_event_id,
 )
-from schemas.identity import supporter_id
+from schemas.identity import new_supporter_id
 from streams.engagement import Engine
 from streams.playbook import load_playbook
 from streams.replay import LogRecord, replay
@@ -48,7 +48,7 @@ from tests.polling import wait_until_async
 
 SUPPORTERS = 400
 SEED = 28
-IDENTITY_KEY = "simulated-month"  # fixed: the same people get the same ids (and hold-outs)
+ID_SEED = 2028  # fixed: the same people get the same ids (and hold-outs)
 OUTPUT_TOPICS = ("engagement.scored", "ladder.changed", "nudge.requested", "task.created")
 DEADLINE_S = 60.0
 SHORT_JOIN = ConsumerSettings(session_timeout_ms=6_000)
@@ -79,7 +79,7 @@ class Month:
         return [p.event for p in self.published if isinstance(p.event, model)]
 
 
-def simulated_month(now: datetime, key: str = IDENTITY_KEY) -> Month:
+def simulated_month(now: datetime, id_seed: int = ID_SEED) -> Month:
     """Four weeks of simulated traffic up to a day or two before ``now``, as topic events.
 
     Turned into topic events as infra/bench/pipeline.py ``topic_events`` does; without the
@@ -89,10 +89,18 @@ def simulated_month(now: datetime, key: str = IDENTITY_KEY) -> Month:
     """
     start = (now - timedelta(days=29)).replace(hour=0, minute=0, second=0, microsecond=0)
     rng = random.Random(SEED)
+    id_rng = random.Random(id_seed)
+    ids: dict[str | None, str] = {}  # an id per email (else phone), given at first sight
+
+    def first_sight(address: str | None) -> str:
+        if address not in ids:
+            ids[address] = new_supporter_id(id_rng)
+        return ids[address]
+
     month = Month([], now.timestamp())
     for payload in generate_events(SUPPORTERS, seed=SEED, start=start, days=28):
         parsed = _INGEST.validate_python(payload)
-        sid = supporter_id(key, parsed.email, parsed.phone)
+        sid = first_sight(parsed.email or parsed.phone)
         event = INGEST_TO_TOPIC[type(parsed)].model_validate(
             {**parsed.model_dump(), "supporter_id": sid}
         )
@@ -104,7 +112,7 @@ def simulated_month(now: datetime, key: str = IDENTITY_KEY) -> Month:
             credit = SupporterBrought(
                 event_id=derived_event_id(event.event_id, "brought"),
                 event_time=event.event_time,
-                supporter_id=supporter_id(key, parsed.brought_by_email, None),
+                supporter_id=first_sight(parsed.brought_by_email),
                 brought_supporter_id=sid,
                 meeting_id=event.meeting_id,
             )
@@ -378,6 +386,6 @@ def test_a_month_published_all_at_once_is_also_what_a_replay_gives(
     """Everything on the topics at once: the worker gets each topic-partition's records in
     its own fetches, and still folds each supporter's events in arrival order, as a replay
     of the log in arrival order does (the ledger is read that way)."""
-    month = simulated_month(datetime.now(UTC), key=f"at-once-{uuid.uuid4().hex}")
+    month = simulated_month(datetime.now(UTC), id_seed=uuid.uuid4().int)
     outputs = asyncio.run(run_worker(broker.bootstrap, group_id, [month.published], month.now))
     assert_same_as_replay(month, outputs, in_arrival_order=True)

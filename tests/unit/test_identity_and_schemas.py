@@ -1,15 +1,17 @@
-"""Identity normalisation, the keyed supporter id, and the topic models' schemas and checks."""
+"""Identity normalisation, supporter ids (random, and the legacy keyed one), and the topic models'
+schemas and checks."""
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from schemas.catalogue import INPUT_TOPICS, TOPICS, topic_spec
 from schemas.events import (
@@ -20,10 +22,17 @@ from schemas.events import (
     EventAttended,
     PetitionIn,
     SignupIn,
+    SupporterId,
     SupporterSignup,
     event_model,
 )
-from schemas.identity import normalise_email, normalise_phone, supporter_id
+from schemas.identity import (
+    contact_identity,
+    legacy_supporter_id,
+    new_supporter_id,
+    normalise_email,
+    normalise_phone,
+)
 
 WHEN = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 SID = "sup_" + "c" * 32
@@ -106,61 +115,108 @@ def test_invalid_phones_raise_with_a_reason(raw: str, reason: str) -> None:
         normalise_phone(raw)
 
 
-# --- supporter id -----------------------------------------------------------------------------
+# --- supporter ids ----------------------------------------------------------------------------
+
+SUPPORTER_ID: TypeAdapter[str] = TypeAdapter(SupporterId)
 
 
-def test_the_supporter_id_is_stable_and_shaped() -> None:
-    first = supporter_id("k", "jo@example.org", None)
+def test_a_new_supporter_id_has_the_supporter_id_shape() -> None:
+    sid = new_supporter_id()
 
-    assert first == supporter_id("k", "jo@example.org", None)
+    assert re.fullmatch(r"sup_[0-9a-f]{32}", sid)
+    assert SUPPORTER_ID.validate_python(sid) == sid  # what every topic model accepts
+
+
+def test_new_supporter_ids_differ_from_call_to_call() -> None:
+    ids = [new_supporter_id() for _ in range(1000)]
+
+    assert ids[0] != ids[1]
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_seeded_rng_repeats_its_ids_and_another_seed_does_not() -> None:
+    first = [new_supporter_id(random.Random(7)) for _ in range(2)]
+    run = random.Random(7)
+    again = [new_supporter_id(run), new_supporter_id(run)]
+    other = random.Random(8)
+
+    assert first[0] == first[1] == again[0]
+    assert again[1] != again[0]
+    assert new_supporter_id(other) != again[0]
+
+
+def test_a_new_supporter_id_keeps_its_leading_zeros() -> None:
+    class Small(random.Random):
+        def getrandbits(self, k: int, /) -> int:
+            return 1
+
+    assert new_supporter_id(Small()) == "sup_" + "0" * 31 + "1"
+
+
+def test_the_legacy_supporter_id_is_stable_and_shaped() -> None:
+    """It must not change: it is how supporters stored before identity links are found."""
+    first = legacy_supporter_id("k", "jo@example.org", None)
+
+    assert first == legacy_supporter_id("k", "jo@example.org", None)
     assert re.fullmatch(r"sup_[0-9a-f]{32}", first)
+    # The ids stored before ids became random (HMAC-SHA256 under key "k"): known answers.
+    assert first == "sup_bc0c9ce6a2484e3cda847f1260ad69a3"
+    assert legacy_supporter_id("k", None, "+447911123456") == "sup_b4fe3b20d08833ba280a17261b673f1c"
 
 
-def test_the_supporter_id_is_keyed() -> None:
-    assert supporter_id("key-1", "jo@example.org", None) != supporter_id(
+def test_the_legacy_supporter_id_is_keyed() -> None:
+    assert legacy_supporter_id("key-1", "jo@example.org", None) != legacy_supporter_id(
         "key-2", "jo@example.org", None
     )
-    assert supporter_id("key-1", None, "+447911123456") != supporter_id(
+    assert legacy_supporter_id("key-1", None, "+447911123456") != legacy_supporter_id(
         "key-2", None, "+447911123456"
     )
 
 
-def test_email_is_preferred_over_phone() -> None:
-    by_email = supporter_id("k", "jo@example.org", None)
-    by_phone = supporter_id("k", None, "+447911123456")
+def test_the_legacy_id_prefers_the_email_over_the_phone() -> None:
+    by_email = legacy_supporter_id("k", "jo@example.org", None)
+    by_phone = legacy_supporter_id("k", None, "+447911123456")
 
-    assert supporter_id("k", "jo@example.org", "+447911123456") == by_email
-    assert supporter_id("k", "jo@example.org", "+447700000000") == by_email
+    assert legacy_supporter_id("k", "jo@example.org", "+447911123456") == by_email
+    assert legacy_supporter_id("k", "jo@example.org", "+447700000000") == by_email
     assert by_email != by_phone
 
 
-def test_different_people_get_different_ids() -> None:
+def test_different_people_had_different_legacy_ids() -> None:
     ids = {
-        supporter_id("k", "jo@example.org", None),
-        supporter_id("k", "sam@example.org", None),
-        supporter_id("k", None, "+447911123456"),
-        supporter_id("k", None, "+447911123457"),
+        legacy_supporter_id("k", "jo@example.org", None),
+        legacy_supporter_id("k", "sam@example.org", None),
+        legacy_supporter_id("k", None, "+447911123456"),
+        legacy_supporter_id("k", None, "+447911123457"),
     }
     assert len(ids) == 4
 
 
-def test_an_id_needs_an_email_or_a_phone() -> None:
+def test_a_legacy_id_needs_an_email_or_a_phone() -> None:
     with pytest.raises(ValueError, match="an email or a phone"):
-        supporter_id("k", None, None)
+        legacy_supporter_id("k", None, None)
     with pytest.raises(ValueError, match="an email or a phone"):
-        supporter_id("k", "", "")
+        legacy_supporter_id("k", "", "")
 
 
-def test_normalised_forms_of_one_address_give_one_id() -> None:
+def test_normalised_forms_of_one_address_give_one_legacy_id() -> None:
     ids = {
-        supporter_id("k", normalise_email(raw), None)
+        legacy_supporter_id("k", normalise_email(raw), None)
         for raw in ("Jo@Example.org", " jo@example.ORG ", "jo@example.org")
     }
     phones = {
-        supporter_id("k", None, normalise_phone(raw))
+        legacy_supporter_id("k", None, normalise_phone(raw))
         for raw in ("07911 123456", "+44 7911 123456", "0044 7911 123456")
     }
     assert len(ids) == len(phones) == 1
+
+
+def test_an_identity_link_does_not_give_away_the_legacy_id() -> None:
+    """The link's HMAC input is set apart (``link:``), so the stored link is not the id."""
+    legacy = legacy_supporter_id("k", "jo@example.org", None).removeprefix("sup_")
+    link = contact_identity("k", "email", "jo@example.org").removeprefix("email:")
+
+    assert not link.startswith(legacy)
 
 
 # --- catalogue and JSON Schema ----------------------------------------------------------------
