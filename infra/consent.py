@@ -7,12 +7,13 @@ A suppression is keyed by the channel and the keyed hash of the address, never t
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import uuid
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import delete, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, tuple_, update
+from sqlalchemy.orm import Session, aliased
 
 from infra.db import ConsentRecord, Suppression, dialect_insert
 from schemas.events import ConsentChanged
@@ -142,3 +143,39 @@ def forget_consents(session: Session, supporter_ids: Collection[str]) -> int:
         delete(ConsentRecord).where(ConsentRecord.supporter_id.in_(list(supporter_ids)))
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def is_newest_consent() -> ColumnElement[bool]:
+    """SQL: the ``ConsentRecord`` row is the newest of its supporter and channel, the one that
+    decides (as ``newest_consents`` orders them: by ``recorded_at``, then the one recorded last)."""
+    newer = aliased(ConsentRecord)
+    return ~exists().where(
+        newer.supporter_id == ConsentRecord.supporter_id,
+        newer.channel == ConsentRecord.channel,
+        or_(
+            newer.recorded_at > ConsentRecord.recorded_at,
+            and_(newer.recorded_at == ConsentRecord.recorded_at, newer.id > ConsentRecord.id),
+        ),
+    )
+
+
+def forget_superseded_consents(session: Session, recorded_before: datetime) -> int:
+    """Retention: delete the consent records made before ``recorded_before`` that a newer
+    record of the same supporter and channel has superseded; how many. The newest is kept as
+    long as the supporter is: it is the proof of the consent the sender relies on."""
+    result = session.execute(
+        delete(ConsentRecord)
+        .where(ConsentRecord.recorded_at < recorded_before, ~is_newest_consent())
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def consents_carried_by(session: Session, carriers: Mapping[int, uuid.UUID]) -> None:
+    """Note, per consent record id, the event that carries the consent on the log now
+    (retention restated it there before the event that first carried it was deleted)."""
+    if carriers:
+        session.execute(
+            update(ConsentRecord),
+            [{"id": record_id, "event_id": event_id} for record_id, event_id in carriers.items()],
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas.catalogue import TOPICS, TopicSpec
@@ -29,7 +29,9 @@ def ensure_topics(
     replication_factor: int = 1,
     min_insync_replicas: int = 1,
 ) -> list[str]:
-    """Create the missing topics; return the names created. Existing topics are left alone.
+    """Create the missing topics; return the names created. Existing topics keep their
+    partitions and copies, and get the catalogue's ``retention.ms`` (a retention setting
+    changed since they were created applies to them too).
 
     ``min_insync_replicas`` above 1 is set on each topic (with acks=all, a write then needs that
     many copies); it may not exceed ``replication_factor``."""
@@ -50,9 +52,29 @@ def ensure_topics(
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass
+        set_retention(admin, [spec for spec in specs if spec.name in existing])
         return created
     finally:
         admin.close()
+
+
+def set_retention(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
+    """Set each topic's ``retention.ms`` to the catalogue's, by IncrementalAlterConfigs (Kafka
+    2.3 and later, and Tansu, which has no AlterConfigs). Apache Kafka then deletes records
+    older than that, a whole segment once its newest record is; Tansu's memory engine keeps
+    everything until it stops (docs/privacy.md, "Retention")."""
+    if not specs:
+        return
+    resources = [
+        ConfigResource(
+            ConfigResourceType.TOPIC, spec.name, configs={"retention.ms": str(spec.retention_ms)}
+        )
+        for spec in specs
+    ]
+    answers = admin.alter_configs(resources, raise_on_unknown=False, incremental=True)
+    refused = {name: answer for name, answer in answers["topic"].items() if answer != "OK"}
+    if refused:
+        raise KafkaError(f"retention.ms refused: {refused}")
 
 
 def topic_requests(
