@@ -1,6 +1,7 @@
 """A UK GDPR erasure's part on the consumers' side: nudges not yet sent are cancelled, the
 address-derived columns blanked, the local outbox's copies (address and body) deleted, open
-tasks cancelled and the stored score deleted.
+and claimed tasks cancelled, organisers' notes on their tasks blanked and the stored score
+deleted.
 
 Nudge and task rows are kept, cancelled, under their idempotency keys: a nudge.requested or
 task.created still on its topic then finds its key taken and is not stored again (``ON
@@ -10,11 +11,13 @@ CONFLICT DO NOTHING``). Called by ``engage/erasure.py`` in its transaction.
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from infra.db import FollowUpTask, Nudge, OutboxMessage, SupporterScore
+from consumers.organising.tasks import cancel_supporter_tasks
+from infra.db import FollowUpTask, Nudge, OutboxMessage, SupporterScore, TaskEvent
 
 CANCELLABLE = ("pending", "held")
 """Nudge states not yet handed to a provider: an erasure cancels them."""
@@ -30,8 +33,13 @@ def sent_to(session: Session, ids: Collection[str]) -> list[tuple[str, str]]:
     return [(channel, recipient) for channel, recipient in rows if recipient]
 
 
-def forget_outputs(session: Session, ids: Collection[str]) -> dict[str, int]:
-    """Cancel, blank and delete the consumers' rows of these ids; rows changed, per table."""
+def forget_outputs(
+    session: Session, ids: Collection[str], now: datetime | None = None
+) -> dict[str, int]:
+    """Cancel, blank and delete the consumers' rows of these ids; rows changed, per table.
+    Open and claimed tasks are cancelled (their history says so, by ``erasure``), and the
+    organisers' notes on their tasks blanked."""
+    now = now or datetime.now(UTC)
     wanted = list(ids)
     theirs = select(Nudge.nudge_id).where(Nudge.supporter_id.in_(wanted))
     statements = (
@@ -49,10 +57,15 @@ def forget_outputs(session: Session, ids: Collection[str]) -> dict[str, int]:
             .values(recipient=None),
         ),
         (
-            "tasks",
-            update(FollowUpTask)
-            .where(FollowUpTask.supporter_id.in_(wanted), FollowUpTask.status == "open")
-            .values(status="cancelled"),
+            "task_events.note",
+            update(TaskEvent)
+            .where(
+                TaskEvent.task_id.in_(
+                    select(FollowUpTask.task_id).where(FollowUpTask.supporter_id.in_(wanted))
+                ),
+                TaskEvent.note.is_not(None),
+            )
+            .values(note=None),
         ),
         (
             "supporter_scores",
@@ -64,4 +77,5 @@ def forget_outputs(session: Session, ids: Collection[str]) -> dict[str, int]:
         counts[table] = int(
             session.execute(statement, execution_options={"synchronize_session": False}).rowcount  # type: ignore[attr-defined]
         )
+    counts["tasks"] = len(cancel_supporter_tasks(session, wanted, now, "erasure", "erased"))
     return counts

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from consumers.organising.tasks import history
 from infra.db import FollowUpTask, Nudge, OutboxMessage, SupporterScore
 
 
@@ -71,7 +72,8 @@ def nudges(session: Session, supporter_ids: Sequence[str]) -> list[dict[str, Any
 
 
 def tasks(session: Session, supporter_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The organisers' follow-up tasks about them, oldest first."""
+    """The organisers' follow-up tasks about them, oldest first, each with its history (and
+    the organisers' notes)."""
     rows = session.scalars(
         select(FollowUpTask)
         .where(FollowUpTask.supporter_id.in_(supporter_ids))
@@ -89,6 +91,7 @@ def tasks(session: Session, supporter_ids: Sequence[str]) -> list[dict[str, Any]
             "priority": t.priority,
             "status": t.status,
             "created_at": t.created_at,
+            "history": history(session, t.task_id),
         }
         for t in rows
     ]

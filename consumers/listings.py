@@ -20,9 +20,10 @@ def outbox_entry(row: Row) -> str:
 
 
 def task_line(row: Row) -> str:
-    """A task from ``repository.list_tasks``: due, priority, area, supporter, what and why."""
+    """A task from ``repository.list_tasks``: due, priority, postcode district (routing),
+    supporter, what and why."""
     return (
-        f"due {row['due_at']}  {row['priority']:<6} {row['area'] or '-':<12} "
+        f"due {row['due_at']}  {row['priority']:<6} {row.get('district') or '-':<5} "
         f"{row['supporter_id']}  {row['kind']}: {row['reason']}"
     )
 

@@ -12,6 +12,8 @@ from sqlalchemy import String, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from consumers.messages import OutgoingMessage
+from consumers.organising.rules import holdout_reason
+from consumers.organising.tasks import store_tasks as store_tasks  # the tasks' one writer
 from infra.consent import newest_consents
 from infra.db import (
     FollowUpTask,
@@ -30,7 +32,6 @@ from schemas.events import (
     MessageState,
     MessageStatus,
     NudgeRequested,
-    TaskCreated,
 )
 
 HELD_OUT = "held_out"
@@ -39,10 +40,6 @@ recorded so the rule's lift can be measured, but the message is never sent (the 
 only claims ``pending`` nudges) and the task is never in the organisers' queue."""
 TASK_PRIORITIES = ("high", "normal", "low")
 """Most urgent first: the order of tasks due at the same time."""
-
-
-def holdout_reason(rule: str) -> str:
-    return f"in the hold-out group of rule {rule}: recorded, not sent"
 
 
 def store_nudges(session: Session, nudges: Sequence[NudgeRequested]) -> int:
@@ -64,29 +61,6 @@ def store_nudges(session: Session, nudges: Sequence[NudgeRequested]) -> int:
                 "requested_at": n.event_time,
             }
             for n in nudges
-        ],
-    )
-
-
-def store_tasks(session: Session, tasks: Sequence[TaskCreated]) -> int:
-    """Record follow-up tasks as open, or held out; a known task id is ignored."""
-    return insert_ignoring_duplicates(
-        session,
-        FollowUpTask,
-        [
-            {
-                "task_id": t.task_id,
-                "supporter_id": t.supporter_id,
-                "kind": t.kind,
-                "reason": t.reason,
-                "due_at": t.due_at,
-                "area": t.area,
-                "rule": t.rule,
-                "cause_event_id": t.cause_event_id,
-                "priority": t.priority,
-                "status": HELD_OUT if t.holdout else "open",
-            }
-            for t in tasks
         ],
     )
 
@@ -423,8 +397,9 @@ def list_outbox(session: Session, limit: int) -> list[dict[str, Any]]:
 
 
 def list_tasks(session: Session, limit: int, status: str | None = "open") -> list[dict[str, Any]]:
-    """The organisers' queue: tasks with this status (None: any, held-out ones included),
-    soonest due first, then by priority (high first)."""
+    """Every group's tasks with this status (None: any, held-out ones included), soonest
+    due first, then by priority (high first): `engage tasks`. An organiser's own queue, routed
+    by district, is ``consumers.organising.queue.queue``."""
     rank = case(
         {p: n for n, p in enumerate(TASK_PRIORITIES)},
         value=FollowUpTask.priority,
@@ -444,6 +419,7 @@ def list_tasks(session: Session, limit: int, status: str | None = "open") -> lis
             "reason": r.reason,
             "due_at": r.due_at.isoformat(),
             "area": r.area,
+            "district": r.district,
             "status": r.status,
             "priority": r.priority,
             "rule": r.rule,

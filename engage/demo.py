@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
 import threading
@@ -24,6 +25,8 @@ from sqlalchemy import func, or_, select
 from engage import wiring
 from engage.processes import Supervisor
 from infra.db import FollowUpTask, LedgerEvent, Nudge, OutboxMessage, SupporterScore
+from infra.db import Group as DbGroup
+from infra.db import Organiser as DbOrganiser
 from infra.settings import Settings
 from schemas.catalogue import TOPICS
 
@@ -174,9 +177,15 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
     view: LiveView | None = None
     snap: dict[str, Any] = {}
     final: FinalCounts | None = None
+    organisers: list[DemoOrganiser] = []
     try:
         supervisor.start()
         console.print(f"API {supervisor.api_url} (docs at /docs), broker {supervisor.bootstrap}")
+        organisers = _demo_organisers(supervisor)
+        console.print(
+            f"Organisers' queue: {supervisor.api_url}/ (sign in as {organisers[0].organiser_id},"
+            f" password {organisers[0].password})"
+        )
         view = LiveView(supervisor.bootstrap, supervisor.sessions)
         started = time.monotonic()
         sender.start()
@@ -217,8 +226,13 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
         )
     if final is not None:  # the same count as the table above: one moment, after draining
         console.print(f"  {final.summary()}")
+        _print_queues(console, supervisor)
     engage = "engage" if shutil.which("engage") else os.path.relpath(sys.argv[0])
     _explain_top_supporter(console, settings, supervisor, engage)
+    console.print("\n[bold]The organisers' queue[/bold]")
+    console.print(f"  {engage} up, then open {settings.public_url}/ on a phone or a laptop:")
+    for person in organisers:
+        console.print(f"    {person.organiser_id}  password {person.password}  ({person.what})")
     console.print("\n[bold]Where to look next[/bold]")
     for line in (
         f"{engage} outbox      the emails and texts that were 'sent' (add --json)",
@@ -235,6 +249,60 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
     ):
         console.print(f"  {line}")
     return 0
+
+
+DEMO_GROUPS = {"hackney": "Hackney", "manchester": "Manchester"}
+"""The demo's two local groups, each owning its simulated area's postcode districts; the
+other areas' tasks go to the national queue."""
+
+
+@dataclass(frozen=True)
+class DemoOrganiser:
+    organiser_id: str
+    password: str
+    what: str
+
+
+def _demo_organisers(supervisor: Supervisor) -> list[DemoOrganiser]:
+    """Two groups and their organisers (a lead of each, and an admin), made once per home;
+    every demo gives them new passwords, printed for the person trying it."""
+    from consumers.organising.directory import add_group, add_organiser, set_password
+    from producers.simulator import AREAS
+
+    now = datetime.now(UTC)
+    people = [
+        DemoOrganiser("demo-hackney", secrets.token_urlsafe(9), "leads the Hackney group"),
+        DemoOrganiser("demo-manchester", secrets.token_urlsafe(9), "leads the Manchester group"),
+        DemoOrganiser("demo-admin", secrets.token_urlsafe(9), "admin: the national queue"),
+    ]
+    with supervisor.sessions.begin() as session:
+        for group_id, area in DEMO_GROUPS.items():
+            if session.get(DbGroup, group_id) is None:
+                (districts,) = [a.outward_codes for a in AREAS if a.name == area]
+                add_group(session, group_id, f"{area} organisers", districts, now)
+        for person, group in zip(people, [*DEMO_GROUPS, None], strict=True):
+            if session.get(DbOrganiser, person.organiser_id) is None:
+                add_organiser(
+                    session,
+                    person.organiser_id,
+                    person.organiser_id.replace("-", " ").title(),
+                    [group] if group else [],
+                    now,
+                    leads=[group] if group else [],
+                    is_admin=group is None,
+                )
+            set_password(session, person.organiser_id, person.password, now)
+    return people
+
+
+def _print_queues(console: Console, supervisor: Supervisor) -> None:
+    from consumers.organising.directory import list_groups, national_summary
+
+    with supervisor.sessions() as session:
+        groups = list_groups(session)
+        national = national_summary(session)
+    parts = [f"{g.group_id} {g.open_tasks}" for g in groups]
+    console.print(f"  open follow-ups by queue: {', '.join(parts)}, national {national.open_tasks}")
 
 
 def _demo_quiet_hours(settings: Settings, now: datetime) -> tuple[Settings, str | None]:

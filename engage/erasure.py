@@ -24,9 +24,8 @@ from starlette.concurrency import run_in_threadpool
 
 from consumers import erasure as consumers_part
 from infra.consent import forget_consents, suppress_contact
-from infra.http import bearer_refusal, problem
+from infra.http import ProblemDetail, bearer_refusal, problem
 from producers import erasure as producers_part
-from producers.api import ProblemDetail
 
 _BEARER = HTTPBearer(auto_error=False, description="The API token (ENGAGE_API_TOKEN).")
 REASON = "erased (UK GDPR Article 17)"

@@ -22,9 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from consumers import export as held_by_consumers
-from infra.http import bearer_refusal, problem
+from infra.http import ProblemDetail, bearer_refusal, problem
 from producers import export as held_by_producers
-from producers.api import ProblemDetail
 from streams.engagement import Engine
 from streams.explain import UnknownSupporter, explain
 
@@ -149,7 +148,19 @@ class TaskOutcomeHeld(BaseModel):
     event_id: uuid.UUID
     event_time: datetime
     outcome: str
+    commitment: str | None = Field(default=None, description="With reached_committed.")
     notes: str | None
+
+
+class TaskChangeHeld(BaseModel):
+    """One line of a task's history: what changed, when, by whom (an organiser's id, or
+    playbook, system, erasure), and an organiser's note on an outcome."""
+
+    at: datetime
+    by: str
+    action: str
+    detail: dict[str, Any]
+    note: str | None
 
 
 class TaskHeld(BaseModel):
@@ -166,6 +177,9 @@ class TaskHeld(BaseModel):
     status: str
     created_at: datetime
     outcomes: list[TaskOutcomeHeld]
+    history: list[TaskChangeHeld] = Field(
+        default_factory=list, description="Every change, oldest first (the organisers' queue)."
+    )
 
 
 class SubjectAccessExport(BaseModel):
@@ -246,6 +260,7 @@ def _with_outcomes(tasks: list[dict[str, Any]], events: list[dict[str, Any]]) ->
                     "event_id": event["event_id"],
                     "event_time": payload["event_time"],
                     "outcome": payload["outcome"],
+                    "commitment": payload.get("commitment"),
                     "notes": payload.get("notes"),
                 }
             )

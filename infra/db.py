@@ -15,6 +15,7 @@ from sqlalchemy import (
     Dialect,
     Engine,
     Float,
+    ForeignKey,
     Index,
     Integer,
     String,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     false,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -84,6 +86,8 @@ class LedgerEvent(Base):
         Index("ix_ledger_unpublished", "published", "seq"),
         # A supporter's history: `engage explain`, and an identity merge's actions.
         Index("ix_ledger_key", "key", "seq"),
+        # What is past retention (`engage retention apply`): a run costs what it deletes.
+        Index("ix_ledger_accepted_at", "accepted_at"),
     )
 
 
@@ -204,8 +208,19 @@ class WebhookReceipt(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+OPEN_TASK_STATUSES = ("open", "claimed")
+"""A task someone still has to act on: at most one per supporter and kind."""
+
+
 class FollowUpTask(Base):
-    """An organiser's follow-up: who to call or meet, why, by when, and what came of it."""
+    """An organiser's follow-up: who to call or meet, why, by when, and what came of it.
+
+    ``status``: open -> claimed (by ``claimed_by`` until ``claimed_until``; an expired claim
+    is open again) -> done; or cancelled (``status_reason``: opted out, merged, erased,
+    superseded by another trigger); or held_out (the rule's hold-out group: never queued).
+    ``district`` (the supporter's postcode district when the task was stored) routes it: the
+    group that owns the district sees it, and a district nobody owns is the national queue.
+    """
 
     __tablename__ = "tasks"
     task_id: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -219,6 +234,109 @@ class FollowUpTask(Base):
     status: Mapped[str] = mapped_column(String(20), default="open")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     priority: Mapped[str] = mapped_column(String(10), default="normal", server_default="normal")
+    district: Mapped[str | None] = mapped_column(String(4), index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(40))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Outcomes recorded so far (a no-answer reopens the task once)."""
+    outcome: Mapped[str | None] = mapped_column(String(30))
+    """The newest outcome recorded (reached_committed, no_answer, ...)."""
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status_reason: Mapped[str | None] = mapped_column(String(300))
+    """Why it is cancelled (or held out); for a superseded trigger, the task it updated."""
+
+    __table_args__ = (
+        # One open task per supporter and kind: a second trigger updates it instead.
+        Index(
+            "ux_tasks_one_open",
+            "supporter_id",
+            "kind",
+            unique=True,
+            sqlite_where=text("status IN ('open', 'claimed')"),
+            postgresql_where=text("status IN ('open', 'claimed')"),
+        ),
+        Index("ix_tasks_status_district", "status", "district"),
+    )
+
+
+class Group(Base):
+    """A local group of organisers; it owns postcode districts (``group_areas``)."""
+
+    __tablename__ = "groups"
+    group_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class GroupArea(Base):
+    """A postcode district (E1, SW9, M14) and the one group that owns it: its tasks go there."""
+
+    __tablename__ = "group_areas"
+    district: Mapped[str] = mapped_column(String(4), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(40), ForeignKey("groups.group_id"), index=True)
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Organiser(Base):
+    """Someone who works the follow-up queue: of one or more groups (``organiser_groups``),
+    perhaps their lead; an admin manages groups, areas and organisers. ``password_hash`` is
+    an argon2id hash (``consumers/organising/passwords.py``), empty until one is set; a
+    disabled organiser can do nothing and has no session."""
+
+    __tablename__ = "organisers"
+    organiser_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OrganiserGroup(Base):
+    """An organiser's membership of a group; ``lead``: overdue tasks escalate to them."""
+
+    __tablename__ = "organiser_groups"
+    organiser_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("organisers.organiser_id"), primary_key=True
+    )
+    group_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("groups.group_id"), primary_key=True, index=True
+    )
+    lead: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class OrganiserSession(Base):
+    """A signed-in organiser's session (``consumers/organising/accounts.py`` writes it): the
+    SHA-256 of the random token their cookie carries (never the token), the CSRF token their
+    forms carry, and when it started, ends and was last used. Signing out deletes it."""
+
+    __tablename__ = "organiser_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organiser_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("organisers.organiser_id"), index=True
+    )
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TaskEvent(Base):
+    """A task's history: every change, what it was, who made it (an organiser's id, or
+    ``playbook``, ``system``, ``erasure``) and when. ``note`` is the organiser's short note
+    on an outcome (personal data: blanked by an erasure)."""
+
+    __tablename__ = "task_events"
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    task_id: Mapped[str] = mapped_column(String(200), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    by: Mapped[str] = mapped_column(String(40))
+    action: Mapped[str] = mapped_column(String(30))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    note: Mapped[str | None] = mapped_column(String(280))
 
 
 class IdentityLink(Base):

@@ -6,6 +6,18 @@ import secrets
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+
+class FieldError(BaseModel):
+    field: str
+    reason: str
+
+
+class ProblemDetail(BaseModel):
+    """The body of every 4xx: which field, and why (``problem``)."""
+
+    detail: list[FieldError]
 
 
 def problem(status: int, field: str, reason: str) -> JSONResponse:

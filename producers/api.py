@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from infra.http import bearer_refusal, problem
+from infra.http import FieldError, ProblemDetail, bearer_refusal, problem
 from producers.ledger import IdentityConflict, Ingested, ingest_events
 from schemas.events import INGEST_TO_TOPIC, Event, IngestEvent
 
@@ -28,11 +28,6 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 INGEST_TYPES = frozenset(model.topic for model in INGEST_TO_TOPIC.values())
 # Puts the bearer scheme in the OpenAPI document; the check itself is bearer_refusal's.
 _BEARER = HTTPBearer(auto_error=False, description="The API token (ENGAGE_API_TOKEN).")
-
-
-class FieldError(BaseModel):
-    field: str
-    reason: str
 
 
 class Rejected(BaseModel):
@@ -46,10 +41,6 @@ class IngestResult(BaseModel):
     accepted: list[uuid.UUID] = []
     duplicates: list[uuid.UUID] = []
     rejected: list[Rejected] = []
-
-
-class ProblemDetail(BaseModel):
-    detail: list[FieldError]
 
 
 @dataclass

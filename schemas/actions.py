@@ -20,6 +20,7 @@ from schemas.events import (
     SupporterBrought,
     SupporterSignup,
     TaskOutcome,
+    TrainingCompleted,
 )
 
 Kind = Literal[
@@ -40,6 +41,15 @@ Kind = Literal[
     "email.opted_out",
     "sms.opted_in",
     "sms.opted_out",
+    # Added with version 2 of task.outcome and training.completed; appended, so that the
+    # codes of the kinds above (packed in the stream's state) stay what they were.
+    "outcome.not_now",
+    "outcome.do_not_contact",
+    "commitment.meeting",
+    "commitment.host",
+    "commitment.bring_someone",
+    "commitment.lead",
+    "training.completed",
 ]
 KINDS: tuple[str, ...] = get_args(Kind)
 CONSENT_KINDS = {
@@ -60,7 +70,7 @@ def kinds_of(event: Event) -> tuple[str, list[str]]:
     if isinstance(event, EventAttended):
         return ("event.hosted" if event.role == "host" else "event.attended"), []
     if isinstance(event, TaskOutcome):
-        return f"outcome.{event.outcome}", []
+        return _OUTCOME_KINDS.get(event.outcome) or f"commitment.{event.commitment}", []
     if isinstance(event, ConsentChanged):
         return f"{event.channel}.{'opted_in' if event.granted else 'opted_out'}", []
     raise ValueError(f"no action kind for {event.topic}")
@@ -72,7 +82,18 @@ _SIMPLE: dict[type[Event], str] = {
     EventNoShow: "event.no_show",
     SupporterBrought: "supporter.brought",
     EmailClicked: "email.clicked",
+    TrainingCompleted: "training.completed",
 }
+_OUTCOME_KINDS: dict[str, str] = {
+    "positive": "outcome.positive",
+    "neutral": "outcome.neutral",
+    "negative": "outcome.negative",
+    "no_answer": "outcome.no_answer",
+    "wrong_number": "outcome.wrong_number",
+    "reached_not_now": "outcome.not_now",
+    "do_not_contact": "outcome.do_not_contact",
+}
+"""A task outcome's action kind; reached_committed is ``commitment.<what>`` instead."""
 
 
 def action_kinds(event: Event) -> list[str]:

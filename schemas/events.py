@@ -10,7 +10,15 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.config import JsonDict
 
 from schemas.identity import normalise_email, normalise_phone
@@ -318,11 +326,72 @@ class ByIdFields(Event):
     supporter_id: SupporterId
 
 
+OutcomeKind = Literal[
+    "reached_committed", "reached_not_now", "no_answer", "wrong_number", "do_not_contact"
+]
+"""What came of a follow-up call (version 2 of ``task.outcome``)."""
+OutcomeValue = Literal[
+    "positive",
+    "neutral",
+    "negative",
+    "no_answer",
+    "wrong_number",
+    "reached_committed",
+    "reached_not_now",
+    "do_not_contact",
+]
+"""Every outcome ``task.outcome`` may carry: version 1's five, in their order (positive,
+neutral and negative are still read, their records staying on the log and counting in the
+score as before, and still accepted from version 1 clients), then version 2's additions."""
+Commitment = Literal["meeting", "host", "bring_someone", "lead"]
+"""What a supporter reached on the phone committed to: come to a meeting, host one, bring
+someone, lead an action or a team."""
+
+
 class OutcomeFields(ByIdFields):
+    """How an organiser's follow-up went (version 2: the outcomes organisers record, and
+    what a supporter committed to).
+
+    Version 1 records (positive, neutral, negative, no_answer, wrong_number; no commitment)
+    are valid version 2 records and read unchanged."""
+
+    version: ClassVar[int] = 2
     type: Literal["task.outcome"] = "task.outcome"
     task_id: ShortText
-    outcome: Literal["positive", "neutral", "negative", "no_answer", "wrong_number"]
-    notes: str | None = Field(default=None, max_length=1000)
+    outcome: OutcomeValue = Field(
+        description="reached_committed (with a commitment), reached_not_now, no_answer,"
+        " wrong_number, do_not_contact; positive, neutral and negative are version 1's."
+    )
+    commitment: Commitment | None = Field(
+        default=None,
+        validate_default=True,
+        description="What they committed to; given with reached_committed, and only then.",
+    )
+    notes: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Version 1's free text; the organisers' queue keeps its notes in its own"
+        " history, not on the log.",
+    )
+
+    @field_validator("commitment")
+    @classmethod
+    def _with_reached_committed(cls, value: str | None, info: ValidationInfo) -> str | None:
+        outcome = info.data.get("outcome")
+        if outcome is None:
+            return value  # the outcome itself is invalid: that error says enough
+        if value is None and outcome == "reached_committed":
+            raise ValueError("required with reached_committed: what did they commit to?")
+        if value is not None and outcome != "reached_committed":
+            raise ValueError("only with reached_committed")
+        return value
+
+
+class TrainingFields(ByIdFields):
+    """A supporter completed a training (an organiser recorded it); ``event_time`` is when."""
+
+    type: Literal["training.completed"] = "training.completed"
+    training: ShortText = Field(description="Which training, e.g. 'one-to-ones', 'chairing'.")
 
 
 class ClickFields(ByIdFields):
@@ -368,6 +437,10 @@ class EventNoShow(Pseudonymous, NoShowFields):
 
 class TaskOutcome(OutcomeFields):
     topic = "task.outcome"
+
+
+class TrainingCompleted(TrainingFields):
+    topic = "training.completed"
 
 
 class EmailClicked(ClickFields):
@@ -470,6 +543,10 @@ class OutcomeIn(OutcomeFields):
     """An organiser's record of how a follow-up went."""
 
 
+class TrainingIn(TrainingFields):
+    """A training a supporter completed, as an organiser records it."""
+
+
 class ClickIn(ClickFields):
     """A click on a link in one of our emails (from the email provider's webhook)."""
 
@@ -479,7 +556,15 @@ class ConsentIn(ConsentFields):
 
 
 IngestEvent = Annotated[
-    SignupIn | PetitionIn | RSVPIn | AttendedIn | NoShowIn | OutcomeIn | ClickIn | ConsentIn,
+    SignupIn
+    | PetitionIn
+    | RSVPIn
+    | AttendedIn
+    | NoShowIn
+    | OutcomeIn
+    | ClickIn
+    | ConsentIn
+    | TrainingIn,
     Field(discriminator="type"),
 ]
 INGEST_TO_TOPIC: dict[type[Event], type[Event]] = {
@@ -491,6 +576,7 @@ INGEST_TO_TOPIC: dict[type[Event], type[Event]] = {
     OutcomeIn: TaskOutcome,
     ClickIn: EmailClicked,
     ConsentIn: ConsentChanged,
+    TrainingIn: TrainingCompleted,
 }
 
 
@@ -632,6 +718,7 @@ INPUT_EVENT_TYPES: dict[str, type[Event]] = {
         ConsentChanged,
         IdentityMerged,
         SupporterErased,
+        TrainingCompleted,
     )
 }
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -16,8 +16,7 @@ from sendgrid.helpers.eventwebhook import EventWebhook
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from infra.http import problem
-from producers.api import ProblemDetail
+from infra.http import ProblemDetail, problem
 from producers.webhooks.common import NudgeRecords
 from producers.webhooks.keywords import HELP_TEXT, sms_keyword
 from producers.webhooks.sendgrid import WebhookSummary, _SendGridHooks

@@ -646,7 +646,7 @@ def test_openapi_documents_the_ingest_paths_and_the_event_schema(client: httpx.C
     assert ingest["discriminator"]["propertyName"] == "type"
     mapping = ingest["discriminator"]["mapping"]
     by_contact = {"supporter.signup", "petition.signed", "event.rsvp", "event.attended"}
-    by_id = {"task.outcome", "email.clicked", "consent.changed"}
+    by_id = {"task.outcome", "email.clicked", "consent.changed", "training.completed"}
     assert set(mapping) == by_contact | by_id | {"event.no_show"}
     for kind, ref in mapping.items():
         properties = set(schemas[ref.rsplit("/", 1)[-1]]["properties"])

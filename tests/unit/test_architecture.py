@@ -14,6 +14,7 @@ PURE = [
     "streams/playbook.py",
     "streams/engagement.py",
     "consumers/policy.py",
+    "consumers/organising/rules.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "schemas").glob("*.py")),
 ]
 CLOCK_CALLS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter", "time_ns"}

@@ -70,6 +70,7 @@ def test_the_default_playbook_is_what_the_rules_tests_assume() -> None:
         "attendee",
         "regular",
         "leader_candidate",
+        "leader",
     ]
     assert [r.name for r in model.rules] == [
         "welcome",
@@ -206,17 +207,17 @@ ERRORS: list[tuple[str, str, str, str, str] | tuple[str, str, str, str, str, int
     (
         "unknown rung in rung_in",
         "when: {rung_in: [regular, leader_candidate]}\n    action: {send",
-        "when: {rung_in: [regular, leader]}\n    action: {send",
+        "when: {rung_in: [regular, leaders]}\n    action: {send",
         "rules[7].when.rung_in[1]",
-        "no rung 'leader' before this point (known: supporter, signer, attendee, regular, "
-        "leader_candidate)",
+        "no rung 'leaders' before this point (known: supporter, signer, attendee, regular, "
+        "leader_candidate, leader)",
     ),
     (
         "unknown rung reached",
         "trigger: {rung_reached: leader_candidate}",
-        "trigger: {rung_reached: leader}",
+        "trigger: {rung_reached: leaders}",
         "rules[4].trigger.rung_reached",
-        "no rung 'leader'",
+        "no rung 'leaders'",
     ),
     (
         "unknown rung lost",
