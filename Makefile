@@ -34,8 +34,8 @@ test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
-	$(BIN)/ruff check engage producers streams consumers schemas infra tests scripts
-	$(BIN)/ruff format --check engage producers streams consumers schemas infra tests scripts
+	$(BIN)/ruff check engage producers streams consumers schemas infra tests scripts examples
+	$(BIN)/ruff format --check engage producers streams consumers schemas infra tests scripts examples
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)

@@ -1,0 +1,169 @@
+"""Who writes and who reads each topic: the pipeline's components, for the topic catalogue.
+
+The one place that says it. ``tests/unit/test_asyncapi.py`` holds it to what the code declares
+where it can (the workers' subscriptions and consumer groups, the ingest API's event types).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.catalogue import INPUT_TOPICS
+from schemas.events import (
+    ConsentChanged,
+    DeadLetter,
+    EmailClicked,
+    EngagementScored,
+    EventAttended,
+    EventNoShow,
+    EventRSVP,
+    IdentityMerged,
+    LadderChanged,
+    MessageStatus,
+    NudgeRequested,
+    PetitionSigned,
+    SupporterBrought,
+    SupporterErased,
+    SupporterSignup,
+    TaskCreated,
+    TaskOutcome,
+    TrainingCompleted,
+)
+
+RELAY = "the relay (producers/relay.py)"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A part of the pipeline that puts records on topics or reads them."""
+
+    name: str
+    """Short id, used in the AsyncAPI document's operation ids."""
+    title: str
+    where: str
+    """The modules that hold it."""
+    summary: str
+    produces: tuple[str, ...] = ()
+    consumes: tuple[str, ...] = ()
+    group: str | None = None
+    """The consumer group it reads in, if it reads in one."""
+    via_ledger: bool = True
+    """Its events are appended to the ledger in its own transaction and published by the
+    relay (so they are on the log exactly when its change is committed); False: it publishes
+    to Kafka itself."""
+
+
+COMPONENTS: tuple[Component, ...] = (
+    Component(
+        "ingest",
+        "Ingest API",
+        "producers/api.py, producers/ledger.py",
+        "POST /v1/events and /v1/events/batch (the CSV import of sign-in sheets and the"
+        " simulator post there too). Who brought whom (supporter.brought) and two ids found to"
+        " be one person (identity.merged) are derived at ingest.",
+        produces=(
+            SupporterSignup.topic,
+            PetitionSigned.topic,
+            EventRSVP.topic,
+            EventAttended.topic,
+            EventNoShow.topic,
+            TaskOutcome.topic,
+            EmailClicked.topic,
+            ConsentChanged.topic,
+            TrainingCompleted.topic,
+            SupporterBrought.topic,
+            IdentityMerged.topic,
+        ),
+    ),
+    Component(
+        "opt-out-links",
+        "Opt-out links",
+        "producers/unsubscribe.py",
+        "The unsubscribe link in every email and the short opt-out link in texts.",
+        produces=(ConsentChanged.topic,),
+    ),
+    Component(
+        "webhooks",
+        "Provider webhooks",
+        "producers/webhooks/",
+        "Twilio inbound SMS (STOP, START; a reply that needs a person becomes a task), Twilio"
+        " status callbacks, the SendGrid Event Webhook (delivery, bounces, clicks,"
+        " unsubscribes).",
+        produces=(ConsentChanged.topic, MessageStatus.topic, EmailClicked.topic, TaskCreated.topic),
+    ),
+    Component(
+        "organisers",
+        "Organisers' follow-up queue",
+        "consumers/organising/",
+        "An organiser records how a call went, what the supporter committed to, a training"
+        " completed, or a request not to be contacted.",
+        produces=(TaskOutcome.topic, ConsentChanged.topic, TrainingCompleted.topic),
+    ),
+    Component(
+        "sender",
+        "Sender",
+        "consumers/dispatch.py, consumers/repository.py",
+        "Decides each nudge at the moment of sending (held, skipped and why, sent, failed,"
+        " ambiguous); a provider's refusal that means the address opted out withdraws consent.",
+        produces=(MessageStatus.topic, ConsentChanged.topic),
+    ),
+    Component(
+        "erasure",
+        "Erasure",
+        "producers/erasure.py",
+        "`engage erase` and POST /v1/admin/erase: one record per erased supporter, kept forever.",
+        produces=(SupporterErased.topic,),
+    ),
+    Component(
+        "retention",
+        "Retention",
+        "producers/retention.py",
+        "Restates a consent still relied on before the event that gave it passes retention.",
+        produces=(ConsentChanged.topic,),
+    ),
+    Component(
+        "stream",
+        "Stream worker",
+        "streams/worker.py, streams/engagement.py",
+        "Folds every input topic into per-supporter state with the playbook: scores, rungs,"
+        " rules and lapse timers; records it cannot process go to the dead letters.",
+        produces=(
+            EngagementScored.topic,
+            LadderChanged.topic,
+            NudgeRequested.topic,
+            TaskCreated.topic,
+            DeadLetter.topic,
+        ),
+        consumes=INPUT_TOPICS,
+        group="engage-stream",
+        via_ledger=False,
+    ),
+    Component(
+        "sinks",
+        "Sinks",
+        "consumers/runner.py",
+        "Stores nudges (for the sender), follow-up tasks (the organisers' queue) and scores,"
+        " each once by its idempotency key.",
+        produces=(DeadLetter.topic,),
+        consumes=(NudgeRequested.topic, TaskCreated.topic, EngagementScored.topic),
+        group="engage-consumers",
+        via_ledger=False,
+    ),
+    Component(
+        "deadletters",
+        "engage deadletters",
+        "producers/deadletters.py",
+        "Lists the dead letters, and re-drives them to their source topic once the cause is"
+        " fixed (the original key and bytes again).",
+        consumes=(DeadLetter.topic,),
+        via_ledger=False,
+    ),
+)
+
+
+def producers_of(topic: str) -> tuple[Component, ...]:
+    return tuple(c for c in COMPONENTS if topic in c.produces)
+
+
+def consumers_of(topic: str) -> tuple[Component, ...]:
+    return tuple(c for c in COMPONENTS if topic in c.consumes)
