@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.messages import Lookup, OutgoingMessage, Sender, SendError
+from consumers.metrics import SENDER_CALLS, SENDER_SECONDS
 from consumers.policy import ChannelPolicy, SendDecision, cap_window_start, decide, zone_of
 from consumers.ratelimit import RateLimit
 from consumers.rendering import TemplateBook
@@ -82,6 +84,13 @@ class SendingPolicy:
         provider's ``Retry-After``."""
         delay = min(3600.0, self.backoff_s * 2.0 ** max(0, attempt - 1))
         return max(delay, retry_after_s or 0.0)
+
+
+def _result_class(exc: SendError) -> str:
+    """A refused send's class for ``engage_sender_calls``: ambiguous, retryable or refused."""
+    if exc.ambiguous:
+        return "ambiguous"
+    return "retryable" if exc.retryable else "refused"
 
 
 @dataclass
@@ -138,6 +147,7 @@ class Dispatcher:
             return []
         statuses: dict[str, str] = {}
         to_send: list[tuple[_Plan, Sender]] = []
+        outboxed = 0
         with self.sessions.begin() as session:
             lock_supporters(session, sorted({p.nudge.supporter_id for p in plans}))
             pairs = [(p.nudge.supporter_id, p.nudge.channel) for p in plans]
@@ -177,6 +187,7 @@ class Dispatcher:
                         continue
                     assert plan.message is not None
                     write_outbox(session, plan.message, now)
+                    outboxed += 1
                     plan.status = "sent"
                 statuses[nudge.nudge_id] = self._settle(
                     session,
@@ -187,6 +198,8 @@ class Dispatcher:
                     reason=plan.reason,
                     not_before=plan.nudge.not_before if plan.status == "held" else None,
                 )
+        if outboxed:  # committed: the local outbox is the sender of a channel with no provider
+            SENDER_CALLS.labels("outbox", "sent").inc(outboxed)
         for plan, sender in to_send:
             statuses[plan.nudge.nudge_id] = self._send(plan, sender, now)
         return [statuses[p.nudge.nudge_id] for p in plans if p.nudge.nudge_id in statuses]
@@ -220,10 +233,15 @@ class Dispatcher:
             if not renew_claim(session, nudge.nudge_id, claimed_at, self.clock()):
                 log.warning("nudge.claim_lost", nudge_id=nudge.nudge_id)
                 return "claim_lost"
+        started = time.perf_counter()
         try:
             result = sender.send(message)
         except SendError as exc:
+            SENDER_SECONDS.labels(sender.provider).observe(time.perf_counter() - started)
+            SENDER_CALLS.labels(sender.provider, _result_class(exc)).inc()
             return self._refused(nudge, plan.address, sender, exc)
+        SENDER_SECONDS.labels(sender.provider).observe(time.perf_counter() - started)
+        SENDER_CALLS.labels(sender.provider, "sent").inc()
         with self.sessions.begin() as session:
             return self._settle(
                 session,

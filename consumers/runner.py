@@ -5,24 +5,29 @@ Only bad input is dead-lettered (a record that does not validate, or a score the
 hold), each with a warning naming its topic, partition and offset. Anything else is a bug or an
 outage: it stops the worker, and the supervisor restarts it; the sender's loop alone rides out
 a database that is briefly unavailable.
+
+Metrics (``engage_consumers_*``, ``engage_nudges``, ``engage_sender_*``: consumers/metrics.py)
+are updated here and in the dispatcher; ``ConsumerWorker.liveness`` backs the process's /healthz.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
+from consumers import metrics
 from consumers.dispatch import Dispatcher
 from consumers.repository import store_nudges, store_scores, store_tasks, unstorable_score
 from infra.kafka import (
@@ -34,6 +39,8 @@ from infra.kafka import (
     output_producer,
 )
 from infra.logging import input_error, record_context
+from infra.metrics import OBSERVE_EVERY_S, GroupLagWatch, Liveness, PartitionGauges
+from infra.topic_reader import group_lags
 from schemas.events import EngagementScored, Event, NudgeRequested, TaskCreated
 
 log = structlog.get_logger(__name__)
@@ -67,7 +74,7 @@ def parse_batch(batches: dict[TopicPartition, list[Any]]) -> Batch:
             try:
                 event = model.model_validate_json(m.value)
             except ValidationError as exc:
-                batch.letters.append(_refuse(tp, m, str(exc), input_error(exc)))
+                batch.letters.append(_refuse(tp, m, str(exc), input_error(exc), "ValidationError"))
                 continue
             if isinstance(event, NudgeRequested):
                 batch.nudges.append(event)
@@ -78,18 +85,24 @@ def parse_batch(batches: dict[TopicPartition, list[Any]]) -> Batch:
                 if problem is None:
                     batch.scores.append(event)
                 else:
-                    batch.letters.append(_refuse(tp, m, problem, problem, event))
+                    batch.letters.append(_refuse(tp, m, problem, problem, "unstorable", event))
     return batch
 
 
 def _refuse(
-    tp: TopicPartition, m: Any, error: str, reason: str, event: Event | None = None
+    tp: TopicPartition,
+    m: Any,
+    error: str,
+    reason: str,
+    kind: str,
+    event: Event | None = None,
 ) -> Record:
     """A dead letter carrying ``error``, and a warning giving ``reason`` (which quotes no
-    input) with the record's topic, partition and offset."""
+    input) with the record's topic, partition and offset; counted by ``kind``."""
     event_id, sid = (event.event_id, event.key()) if event is not None else (None, None)
     with record_context(tp.topic, tp.partition, m.offset, event_id, sid):
         log.warning("consumers.dead_letter", reason=reason)
+    metrics.DEAD_LETTERS.labels(tp.topic, kind).inc()
     return dead_letter("consumers", tp.topic, tp.partition, m.offset, m.key, m.value, error)
 
 
@@ -104,12 +117,17 @@ class ConsumerWorker:
         dispatcher: Dispatcher,
         group_id: str = GROUP,
         consumer_settings: ConsumerSettings = CONSUMER_DEFAULTS,
+        health_stale_s: float = 60.0,
     ) -> None:
+        """``health_stale_s``: the patience of the health rule (``infra.metrics.Liveness``)."""
         self.sessions = sessions
         self.dispatcher = dispatcher
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.consumer_settings = consumer_settings
+        self.liveness = Liveness("consume", health_stale_s)
+        self._observed_at = 0.0  # monotonic
+        self._lag = PartitionGauges(metrics.LAG)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.consumer = group_consumer(
@@ -118,33 +136,73 @@ class ConsumerWorker:
         self.producer = output_producer(self.bootstrap, "engage-consumers")
         await self.producer.start()
         await self.consumer.start()
+        watch = GroupLagWatch(self._group_lag, self.liveness).start()
         dispatching = asyncio.create_task(self._dispatch_until(stop))
+        counting = asyncio.create_task(count_nudges_until(self.sessions, stop))
         try:
             while not stop.is_set():
-                if dispatching.done():
-                    dispatching.result()  # the sender stopped: raise what stopped it
+                for task in (dispatching, counting):
+                    if task.done():
+                        task.result()  # the sender or the count stopped: raise what stopped it
                 batches = await self.consumer.getmany(timeout_ms=100, max_records=2000)
                 if batches:
-                    await self._store(batches)
+                    with metrics.BATCH_SECONDS.time():
+                        await self._store(batches)
+                    self.liveness.batch()
+                await self._observe()
         finally:
             stop.set()
+            watch.stop()
             try:
                 await dispatching
             finally:
-                await self.consumer.stop()
-                await self.producer.stop()
+                try:
+                    await counting
+                finally:
+                    await self.consumer.stop()
+                    await self.producer.stop()
+
+    async def _observe(self) -> None:
+        """Lag per assigned partition (the high watermark of the consumer's last fetch less
+        its position), as metrics and for the health check."""
+        if time.monotonic() < self._observed_at + OBSERVE_EVERY_S:
+            return
+        self._observed_at = time.monotonic()
+        lags: dict[tuple[str, int], int] = {}
+        assignment = self.consumer.assignment()
+        for tp in assignment:
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                lags[(tp.topic, tp.partition)] = max(high - await self.consumer.position(tp), 0)
+            except IllegalStateError:  # revoked meanwhile
+                continue
+        self._lag.update(lags)
+        self.liveness.polled(len(assignment), sum(lags.values()))
+
+    def _group_lag(self) -> tuple[int, int]:
+        """The group's lag and committed offsets (read while this member has no partitions)."""
+        lag = group_lags(self.bootstrap, {self.group_id: TOPICS})[self.group_id]
+        return lag.lag, lag.committed
 
     async def _dispatch_until(self, stop: asyncio.Event) -> None:
         await send_until(self.dispatcher, stop)
 
     async def _store(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        for tp, messages in batches.items():
+            metrics.RECORDS_IN.labels(tp.topic).inc(len(messages))
         batch = parse_batch(batches)
         with self.sessions.begin() as session:
             stored_nudges = store_nudges(session, batch.nudges)
             stored_tasks = store_tasks(session, batch.tasks)
             stored_scores = store_scores(session, batch.scores)
+        metrics.STORED.labels("nudges").inc(stored_nudges)
+        metrics.STORED.labels("tasks").inc(stored_tasks)
+        metrics.STORED.labels("supporter_scores").inc(stored_scores)
         for topic, key, value in batch.letters:
             await self.producer.send_and_wait(topic, value=value, key=key)
+            metrics.RECORDS_OUT.labels(topic).inc()
         try:
             await self.consumer.commit({tp: m[-1].offset + 1 for tp, m in batches.items()})
         except CommitFailedError as exc:  # redelivered to the next owner; the keys dedupe
@@ -158,6 +216,20 @@ class ConsumerWorker:
             superseded_scores=len(batch.scores) - stored_scores,
             dead_letters=len(batch.letters),
         )
+
+
+async def count_nudges_until(
+    sessions: sessionmaker[Session], stop: asyncio.Event, every_s: float = metrics.NUDGES_EVERY_S
+) -> None:
+    """Read the nudges' statuses into ``engage_nudges`` every ``every_s`` seconds until
+    ``stop``; a database hiccup is logged and tried again at the next turn."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(metrics.refresh_nudges, sessions)
+        except DATABASE_HICCUPS:
+            log.warning("consumers.nudge_count_failed", exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
 
 
 async def send_until(dispatcher: Dispatcher, stop: asyncio.Event, batch: int = 100) -> None:

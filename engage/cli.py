@@ -65,6 +65,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     try:
         supervisor.start()
         print(f"engage is up. API: {supervisor.api_url}  docs: {supervisor.api_url}/docs")
+        print(f"Organisers sign in at {supervisor.api_url}/ (engage organisers password ID)")
         print(f"Kafka bootstrap: {supervisor.bootstrap}  database: {settings.sqlalchemy_url}")
         print(f"Logs: {supervisor.logs}/  Stop with Ctrl-C.", flush=True)
         supervisor.watch(stop)
@@ -93,6 +94,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
+    from engage.metrics import serving
     from engage.processes import stop_on_signals, watch_parent
     from infra.kafka import ledger_producer
     from producers.relay import LedgerRelay
@@ -101,20 +103,27 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
     stop_on_signals(stop)
     watch_parent()
     producer = ledger_producer(_bootstrap(settings))
+    relay = LedgerRelay(wiring.sessions(settings), producer, health_stale_s=settings.health_stale_s)
     try:
-        LedgerRelay(wiring.sessions(settings), producer).run(stop)
+        with serving(settings, relay.liveness):
+            relay.run(stop)
     finally:
         producer.close(timeout=3)
     return 0
 
 
 def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
+    from engage.metrics import serving
     from streams.worker import StreamWorker
 
     worker = StreamWorker(
-        _bootstrap(settings), wiring.engine(settings), tick_seconds=settings.lapse_check_seconds
+        _bootstrap(settings),
+        wiring.engine(settings),
+        tick_seconds=settings.lapse_check_seconds,
+        health_stale_s=settings.health_stale_s,
     )
-    asyncio.run(_until_stopped(worker.run))
+    with serving(settings, worker.liveness):
+        asyncio.run(_until_stopped(worker.run))
     return 0
 
 
@@ -148,11 +157,16 @@ def cmd_nudges(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.runner import ConsumerWorker
+    from engage.metrics import serving
 
     worker = ConsumerWorker(
-        _bootstrap(settings), wiring.sessions(settings), wiring.dispatcher(settings)
+        _bootstrap(settings),
+        wiring.sessions(settings),
+        wiring.dispatcher(settings),
+        health_stale_s=settings.health_stale_s,
     )
-    asyncio.run(_until_stopped(worker.run))
+    with serving(settings, worker.liveness):
+        asyncio.run(_until_stopped(worker.run))
     return 0
 
 
@@ -162,6 +176,7 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     created = ensure_topics(
         _bootstrap(settings),
         settings.topic_partitions,
+        settings.topics(),
         replication_factor=settings.topic_replication_factor,
         min_insync_replicas=settings.topic_min_insync_replicas,
     )
@@ -282,9 +297,10 @@ def cmd_scores(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from engage.status import pipeline_status, render_status
+    from engage.status import pipeline_status, process_health, render_status
 
     status = pipeline_status(_bootstrap(settings), wiring.sessions(settings))
+    status["processes"] = process_health(settings.home)
     print(json.dumps(status, indent=2) if args.json else render_status(status))
     return 0
 
@@ -372,6 +388,17 @@ def cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
+    from engage.retention import apply_retention, summary
+
+    result = apply_retention(wiring.sessions(settings), settings, dry_run=args.dry_run)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(summary(result, embedded=not settings.kafka_bootstrap))
+    return 0
+
+
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
@@ -422,13 +449,85 @@ def cmd_playbook(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from schemas.asyncapi import asyncapi_document
     from schemas.catalogue import json_schemas
+    from schemas.compatibility import release_plan
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, schema in json_schemas().items():
-        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
-    print(f"wrote {len(json_schemas())} JSON Schemas to {out}/")
+    def write(path: Path, document: object) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document, indent=2) + "\n")
+
+    schemas = json_schemas()
+    if args.action == "release":
+        released = Path(args.released)
+        before = {p.name: json.loads(p.read_text()) for p in released.glob("*.schema.json")}
+        plan = release_plan(schemas, before)
+        for item in plan:
+            if item.action != "unchanged":
+                print(item)
+        if any(item.action == "refused" for item in plan):
+            print("nothing released", file=sys.stderr)
+            return 1
+        for item in plan:
+            if item.action in ("new", "updated"):
+                write(released / item.file, item.schema)
+        print(f"{len(plan)} topics' schemas released in {released}/")
+        return 0
+    for name, schema in schemas.items():
+        write(Path(args.out) / f"{name}.schema.json", schema)
+    write(Path(args.asyncapi), asyncapi_document())
+    print(f"wrote {len(schemas)} JSON Schemas to {args.out}/ and AsyncAPI to {args.asyncapi}")
+    return 0
+
+
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.tail import CsvRows, follow, json_line
+    from schemas.catalogue import topic_spec
+
+    if args.max < 1:
+        raise SystemExit("--max: give 1 or more")
+    columns = None
+    if args.format == "csv" and args.topic in {spec.name for spec in settings.topics()}:
+        columns = list(topic_spec(args.topic).model.model_fields)
+    rows = CsvRows(columns)
+
+    def lines(value: bytes | None) -> list[str]:
+        return rows.row(value) if args.format == "csv" else [json_line(value)]
+
+    start = "the start" if args.from_beginning else "the end"
+    stop = threading.Event()
+    stopping = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C: stop after the record in hand
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in stopping}
+    records = follow(
+        _bootstrap(settings),
+        args.topic,
+        from_beginning=args.from_beginning,
+        group=args.group,
+        to_end=args.to_end,
+        stop=stop,
+        ready=lambda: print(f"reading {args.topic} from {start}", file=sys.stderr, flush=True),
+    )
+    count = 0
+    try:
+        if columns is not None:
+            print(rows.header(), flush=True)
+        for record in records:
+            print("\n".join(lines(record.value)), flush=True)
+            count += 1
+            if count >= args.max:
+                break
+    except LookupError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        records.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if rows.dropped:
+        print(f"fields left out (not in the columns): {sorted(rows.dropped)}", file=sys.stderr)
+    print(f"{count} records", file=sys.stderr)
     return 0
 
 
@@ -571,6 +670,21 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--by", help="who asked, for the audit (default: cli:<your user name>)")
     erase.add_argument("--json", action="store_true")
     erase.set_defaults(run=cmd_erase)
+    retention = sub.add_parser(
+        "retention",
+        help="delete what is past retention (ENGAGE_RETENTION_*_DAYS), log and tables alike",
+        description=(
+            "Delete, in one transaction, the ledger's events past their topic's retention and "
+            "what nothing left in the log derives: nudges, outbox copies, tasks, scores; "
+            "superseded consent records, webhook receipts and re-driven dead letters' notes "
+            "past theirs. A consent still relied on is restated on the log before its event "
+            "goes. `engage up` does this as it starts and every ENGAGE_RETENTION_CHECK_HOURS."
+        ),
+    )
+    retention.add_argument("action", choices=["apply"])
+    retention.add_argument("--dry-run", action="store_true", help="count; change nothing")
+    retention.add_argument("--json", action="store_true")
+    retention.set_defaults(run=cmd_retention)
     replay = sub.add_parser(
         "replay", help="fold the whole log again; compare scores, nudges and tasks with stored"
     )
@@ -612,9 +726,45 @@ def build_parser() -> argparse.ArgumentParser:
     letters.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
     letters.add_argument("--json", action="store_true")
     letters.set_defaults(run=cmd_deadletters)
-    export = sub.add_parser("schemas", help="write each topic's JSON Schema, for analysts")
+    # The organisers' follow-up queue: engage groups, organisers, queue (engage/organising.py).
+    from engage.organising import add_commands as add_organising_commands
+
+    add_organising_commands(sub)
+    export = sub.add_parser(
+        "schemas",
+        help="write each topic's JSON Schema and the AsyncAPI document; release the schemas",
+        description=(
+            "write: each topic's JSON Schema (--out) and the AsyncAPI document (--asyncapi), "
+            "generated from schemas/. release: keep each event version's schema in --released "
+            "(a new version gets its file; a compatible change is recorded in its version's "
+            "file; a change that would break a consumer is refused: give the event a new "
+            "version). See docs/analysts.md."
+        ),
+    )
+    export.add_argument("action", nargs="?", choices=["write", "release"], default="write")
     export.add_argument("--out", default="schemas/json")
+    export.add_argument("--asyncapi", default="docs/asyncapi.json")
+    export.add_argument("--released", default="schemas/released")
     export.set_defaults(run=cmd_schemas)
+    tail = sub.add_parser(
+        "tail",
+        help="print a topic's records as they arrive (or from the start), as JSON lines or CSV",
+        description=(
+            "Print TOPIC's records as they arrive, or from the start with --from-beginning, "
+            "until Ctrl-C, --max records, or with --to-end the end of the topic (the high "
+            "watermark of the fetch responses: right on the embedded broker too). JSON lines "
+            "print each record's value; CSV one column per top-level field (nested values as "
+            "JSON). With --group the tail reads in that consumer group and commits what it "
+            "printed, so the next run carries on from there."
+        ),
+    )
+    tail.add_argument("topic")
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    tail.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    tail.add_argument("--max", type=int, default=sys.maxsize, metavar="N", help="stop after N")
+    tail.add_argument("--group", metavar="ID", help="read in this consumer group, committing")
+    tail.add_argument("--to-end", action="store_true", help="stop at the end of the topic")
+    tail.set_defaults(run=cmd_tail)
     return parser
 
 

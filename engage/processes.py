@@ -10,13 +10,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import structlog
+from sqlalchemy.exc import OperationalError
 
+from engage.metrics import child_metrics_ports, metrics_url
+from engage.retention import RetentionResult, apply_retention
 from infra.broker import (
     EMBEDDED_BROKER_MISSING,
     EmbeddedBroker,
@@ -30,6 +35,8 @@ from producers.ledger import mark_all_unpublished
 
 log = structlog.get_logger(__name__)
 PARENT_ENV = "ENGAGE_PARENT_PID"
+RETENTION_RETRY_S = 600.0
+"""After the database refused a retention run (unreachable, locked), the next try."""
 KAFKA_ROLES = ("relay", "stream", "consume")
 ROLES = ("api", *KAFKA_ROLES)
 
@@ -79,16 +86,27 @@ class Child:
 class Supervisor:
     """Starts the broker (unless one is given), the API, relay, stream worker and consumers;
     restarts any that die, and the embedded broker too (re-creating its topics and
-    republishing the ledger, since its log lived in memory); stops them all on request."""
+    republishing the ledger, since its log lived in memory); applies retention as it starts
+    and every ``retention_check_hours``; stops them all on request. ``clock`` (Unix seconds)
+    is what the retention schedule reads."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.clock = clock
+        self.engine = make_engine(settings.sqlalchemy_url)
+        self.sessions = session_factory(self.engine)
+        self.retention_due_at = 0.0  # at once: as `up` starts
         self.broker: EmbeddedBroker | None = None
         self.bootstrap = settings.kafka_bootstrap or ""
         self.children: dict[str, Child] = {}
         self.logs = settings.home / "logs"
         self.api_port = settings.api_port or free_port()
         self.api_url = f"http://{settings.api_host}:{self.api_port}"
+        # Each child's /metrics and /healthz (the API serves both on its own port); a child
+        # restarted keeps its port, so the run file stays true.
+        self.metrics_ports = child_metrics_ports(
+            settings, child_names(settings.stream_workers), free_port
+        )
 
     def start(self) -> None:
         if not self.settings.kafka_bootstrap and not embedded_broker_installed():
@@ -100,9 +118,8 @@ class Supervisor:
             )
         self.logs.mkdir(parents=True, exist_ok=True)
         self.settings.ensure_secrets()  # before any child: they must all read the same keys
-        engine = make_engine(self.settings.sqlalchemy_url)
-        migrate(engine)
-        self.sessions = session_factory(engine)
+        migrate(self.engine)
+        self.apply_retention_when_due()  # before the embedded broker is filled from the ledger
         if not self.settings.kafka_bootstrap:
             self.broker = EmbeddedBroker(log_path=self.logs / "broker.log").start()
             self.bootstrap = self.broker.bootstrap
@@ -117,6 +134,7 @@ class Supervisor:
         ensure_topics(
             self.bootstrap,
             self.settings.topic_partitions,
+            self.settings.topics(),
             replication_factor=self.settings.topic_replication_factor,
             min_insync_replicas=self.settings.topic_min_insync_replicas,
         )
@@ -129,6 +147,10 @@ class Supervisor:
             "embedded": self.broker is not None,
             "database_url": self.settings.sqlalchemy_url,
             "pids": self.pids(),
+            "metrics": {
+                name: metrics_url(self.settings.metrics_host, port)
+                for name, port in self.metrics_ports.items()
+            },
         }
         temporary = self.settings.run_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(run))
@@ -153,11 +175,15 @@ class Supervisor:
             PARENT_ENV: str(os.getpid()),
         }
 
+    def _metrics_env(self, role: str) -> dict[str, str]:
+        port = self.metrics_ports.get(role)
+        return {} if port is None else {"ENGAGE_METRICS_PORT": str(port)}
+
     def _spawn(self, role: str, restarts: int = 0) -> None:
         log_file = open(self.logs / f"{role}.log", "ab")  # noqa: SIM115 - the child owns it
         process = subprocess.Popen(
             [sys.executable, "-m", "engage.cli", role_of(role)],
-            env=self._env(),
+            env={**self._env(), **self._metrics_env(role)},
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,
@@ -186,20 +212,50 @@ class Supervisor:
         if count:
             log.info("ledger.republish", events=count)
 
+    def _restart_broker(self, died: bool) -> None:
+        """A new embedded broker holding the ledger, republished: the old one died, or holds
+        in memory events that retention has deleted from the ledger. The Kafka clients stop
+        first: none of them may mark a ledger row published, or commit an offset of the old
+        log, after the ledger is reset below."""
+        assert self.broker is not None
+        kafka = [name for name in self.children if role_of(name) in KAFKA_ROLES]
+        self._terminate_all([self.children[name].process for name in kafka], 5.0)
+        self.broker.stop()
+        self.broker = EmbeddedBroker(self.broker.port, self.logs / "broker.log").start()
+        self._ensure_topics()
+        self._republish()
+        for name in kafka:
+            self._spawn(name, self.children[name].restarts + int(died))
+
+    def apply_retention_when_due(self) -> RetentionResult | None:
+        """Apply retention if ``clock`` says it is due (as `up` starts, then every
+        ``retention_check_hours``); what it did, or None. A database that refuses (out of
+        reach, locked) is tried again ``RETENTION_RETRY_S`` later."""
+        now = self.clock()
+        if now < self.retention_due_at:
+            return None
+        self.retention_due_at = now + self.settings.retention_check_hours * 3600
+        try:
+            result = apply_retention(self.sessions, self.settings, datetime.fromtimestamp(now, UTC))
+        except OperationalError:
+            log.warning("retention.failed", exc_info=True)
+            self.retention_due_at = now + RETENTION_RETRY_S
+            return None
+        log.info("retention.applied", seconds=result.seconds, **result.rows)
+        return result
+
     def check(self) -> None:
-        """Restart what died. Called about twice a second by ``watch``."""
+        """Restart what died; apply retention when due. Called about twice a second by
+        ``watch``."""
         restarted = False
         if self.broker is not None and not self.broker.alive():
             log.warning("broker.died", code=self.broker.process and self.broker.process.poll())
-            # Stop the Kafka clients first: none of them may mark a ledger row published, or
-            # commit an offset of the lost log, after the ledger is reset below.
-            kafka = [name for name in self.children if role_of(name) in KAFKA_ROLES]
-            self._terminate_all([self.children[name].process for name in kafka], 5.0)
-            self.broker = EmbeddedBroker(self.broker.port, self.logs / "broker.log").start()
-            self._ensure_topics()
-            self._republish()
-            for name in kafka:
-                self._spawn(name, self.children[name].restarts + 1)
+            self._restart_broker(died=True)
+            restarted = True
+        retention = self.apply_retention_when_due()
+        if retention is not None and retention.log and self.broker is not None:
+            log.info("broker.restart_after_retention", events_deleted=retention.rows["ledger"])
+            self._restart_broker(died=False)
             restarted = True
         for role, child in list(self.children.items()):
             code = child.process.poll()
@@ -238,6 +294,7 @@ class Supervisor:
             self.broker.stop()
         if self.children:  # only a supervisor that started has a run file of its own
             self.settings.run_file.unlink(missing_ok=True)
+        self.engine.dispose()
 
     def pids(self) -> dict[str, Any]:
         pids: dict[str, Any] = {r: c.process.pid for r, c in self.children.items()}

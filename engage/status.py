@@ -1,19 +1,22 @@
-"""What the pipeline is doing: topic message counts, consumer-group lag, ledger and nudges."""
+"""What the pipeline is doing: topic message counts, consumer-group lag, ledger and nudges,
+and whether each process of `engage up` is healthy (its /healthz)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import httpx
 from kafka import TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers import runner as sinks
 from infra.db import FollowUpTask, LedgerEvent, Nudge
-from infra.topic_reader import end_offsets
-from infra.topics import admin_client
+from infra.topic_reader import end_offsets, group_lags
 from schemas.catalogue import TOPICS
 from streams import worker as stream
 
@@ -30,18 +33,7 @@ def topic_counts(bootstrap: str) -> dict[str, dict[TopicPartition, int]]:
 
 def pipeline_status(bootstrap: str, sessions: sessionmaker[Session]) -> dict[str, Any]:
     ends = topic_counts(bootstrap)
-    admin = admin_client(bootstrap)
-    lag: dict[str, int] = {}
-    try:
-        for group, topics in GROUPS.items():
-            committed = admin.list_group_offsets(group).get(group, {})
-            lag[group] = sum(
-                max(end - (committed[tp].offset if tp in committed else 0), 0)
-                for topic in topics
-                for tp, end in ends.get(topic, {}).items()
-            )
-    finally:
-        admin.close()
+    lag = {group: found.lag for group, found in group_lags(bootstrap, GROUPS, ends).items()}
     with sessions() as session:
         nudges = dict(
             session.execute(select(Nudge.status, func.count()).group_by(Nudge.status)).all()
@@ -63,6 +55,27 @@ def pipeline_status(bootstrap: str, sessions: sessionmaker[Session]) -> dict[str
     }
 
 
+def process_health(home: Path, timeout_s: float = 2.0) -> dict[str, dict[str, Any]]:
+    """Each process of the `engage up` running under ``home`` (its run file), asked on its
+    /healthz: healthy or why not, and where its metrics are. No run file: nothing."""
+    path = home / "run.json"
+    if not path.exists():
+        return {}
+    run = json.loads(path.read_text())
+    urls: dict[str, str] = {"api": run["api_url"], **run.get("metrics", {})}
+    found: dict[str, dict[str, Any]] = {}
+    for name, url in urls.items():
+        try:
+            answer = httpx.get(f"{url}/healthz", timeout=timeout_s)
+            document = answer.json()
+            healthy = answer.status_code == 200
+            reason = "ok" if healthy else str(document.get("reason", answer.status_code))
+        except (httpx.HTTPError, ValueError) as exc:
+            healthy, reason = False, f"no answer at {url}/healthz ({type(exc).__name__})"
+        found[name] = {"healthy": healthy, "reason": reason, "metrics": f"{url}/metrics"}
+    return found
+
+
 def render_status(status: dict[str, Any]) -> str:
     lines = ["topic                 messages"]
     lines += [f"{name:<20} {count:>9}" for name, count in status["topics"].items()]
@@ -73,4 +86,10 @@ def render_status(status: dict[str, Any]) -> str:
     nudges = ", ".join(f"{k} {v}" for k, v in sorted(status["nudges"].items())) or "none"
     lines.append(f"nudges: {nudges}")
     lines.append(f"tasks: {status['tasks']}")
+    processes: dict[str, dict[str, Any]] = status.get("processes", {})
+    if processes:
+        lines.append("\nprocess   health")
+        for name, health in processes.items():
+            said = "healthy" if health["healthy"] else f"unhealthy: {health['reason']}"
+            lines.append(f"{name:<9} {said}  ({health['metrics']})")
     return "\n".join(lines)

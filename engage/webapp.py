@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from consumers.repository import Nudges
 from engage import wiring
+from engage.catalogue import catalogue_router
 from engage.erasure import erasure_router
 from engage.export import export_router
+from engage.organising import STATIC, organiser_routers
+from infra.metrics import exposition
 from infra.settings import Settings
 from producers.api import IngestService, ingest_router, openapi_components
 from producers.unsubscribe import short_opt_out_router, unsubscribe_router
@@ -59,10 +63,36 @@ def create_app(settings: Settings) -> FastAPI:
             nudges=Nudges(),
         )
     )
+    # The topic catalogue: /asyncapi.json, /schemas/{topic}.json and the /topics page.
+    app.include_router(
+        catalogue_router(
+            settings.topics(),
+            partitions=settings.topic_partitions,
+            replicas=settings.topic_replication_factor,
+            min_insync_replicas=settings.topic_min_insync_replicas,
+            version=app.version,
+        )
+    )
+
+    # The organisers' pages (/, /sign-in, /queue...) and JSON endpoints (/v1/organisers/...).
+    for router in organiser_routers(settings, sessions, engine):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    # For Prometheus and the health checks (docs/stream-stage.md, "Metrics and health"), like
+    # every worker's metrics port; not part of the API, so not in its OpenAPI document.
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "reason": "ok", "role": "api"}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

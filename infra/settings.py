@@ -9,6 +9,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.catalogue import RETENTION_DEFAULT_DAYS, TopicSpec, with_retention
+
+_KEEP_FOREVER = "0: keep forever."
+
 
 class Settings(BaseSettings):
     """Everything configurable. Built in ``main()`` and passed down; never at import time."""
@@ -34,6 +38,23 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535, description="0 picks a free port.")
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Where a worker process serves /metrics and /healthz."
+    )
+    metrics_port: int = Field(
+        default=9100,
+        ge=0,
+        le=65535,
+        description="Port of /metrics and /healthz of a relay, stream or consume process (0: any "
+        "free one; the API serves both on its own port). `engage up` gives each child its own: "
+        "free loopback ports, or this port and the next ones when set.",
+    )
+    health_stale_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A worker with lag and no batch for this long, or with no partitions this "
+        "long while its group's lag goes unworked, answers /healthz with 503.",
+    )
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token for the ingest API; generated under home if unset."
     )
@@ -106,6 +127,74 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Messages a second; a UK long code takes about 10."
     )
 
+    # The organisers' follow-up queue (docs/organisers.md).
+    claim_minutes: int = Field(
+        default=120,
+        ge=1,
+        le=7 * 24 * 60,
+        description="How long an organiser's claim on a task lasts; then it is open again.",
+    )
+    organiser_session_hours: float = Field(
+        default=12.0,
+        gt=0,
+        le=24 * 30,
+        description="How long an organiser stays signed in (from sign-in; no sliding renewal).",
+    )
+
+    # Retention, in days (0: forever): why these defaults, see docs/privacy.md "Retention".
+    retention_events_days: int = Field(
+        default=RETENTION_DEFAULT_DAYS["events"],
+        ge=0,
+        description="What supporters did: the input topics and their ledger rows. " + _KEEP_FOREVER,
+    )
+    retention_scores_days: int = Field(
+        default=RETENTION_DEFAULT_DAYS["scores"],
+        ge=0,
+        description="engagement.scored and ladder.changed. " + _KEEP_FOREVER,
+    )
+    retention_nudges_days: int = Field(
+        default=RETENTION_DEFAULT_DAYS["nudges"],
+        ge=0,
+        description="Nudges after they were asked for, and message.status (topic and ledger). "
+        + _KEEP_FOREVER,
+    )
+    retention_requests_days: int = Field(
+        default=RETENTION_DEFAULT_DAYS["requests"],
+        ge=0,
+        description="nudge.requested and task.created (stored as nudges and tasks). "
+        + _KEEP_FOREVER,
+    )
+    retention_deadletter_days: int = Field(
+        default=RETENTION_DEFAULT_DAYS["deadletter"],
+        ge=0,
+        description="The deadletter topic and the notes of letters re-driven. " + _KEEP_FOREVER,
+    )
+    retention_tasks_days: int = Field(
+        default=730, ge=0, description="Follow-up tasks after they were due. " + _KEEP_FOREVER
+    )
+    retention_outbox_days: int = Field(
+        default=90,
+        ge=0,
+        description="The local outbox's copies of messages (address and body). " + _KEEP_FOREVER,
+    )
+    retention_consent_days: int = Field(
+        default=2190,
+        ge=0,
+        description="Consent records superseded by a newer one (the newest is always kept). "
+        + _KEEP_FOREVER,
+    )
+    retention_webhook_receipts_days: int = Field(
+        default=30,
+        ge=0,
+        description="Provider webhook ids kept to ignore a retried delivery. " + _KEEP_FOREVER,
+    )
+    retention_check_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=168,
+        description="How often `engage up` applies retention (and once as it starts).",
+    )
+
     log_level: str = "info"
     log_json: bool | None = Field(default=None, description="Force JSON logs (default: not a TTY).")
 
@@ -123,6 +212,18 @@ class Settings(BaseSettings):
                 value = "true" if value else "false"
             env[f"ENGAGE_{name.upper()}"] = str(value)
         return env
+
+    def retention_periods(self) -> dict[str, int]:
+        """Days per topic retention period (``schemas.catalogue.RETENTION_DEFAULT_DAYS``)."""
+        return {
+            period: getattr(self, f"retention_{period}_days")
+            for period in RETENTION_DEFAULT_DAYS
+            if period != "forever"
+        }
+
+    def topics(self) -> tuple[TopicSpec, ...]:
+        """The topic catalogue with these retention periods: what ``ensure_topics`` asks for."""
+        return with_retention(self.retention_periods())
 
     @property
     def sqlalchemy_url(self) -> str:

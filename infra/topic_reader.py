@@ -10,10 +10,13 @@ on Apache Kafka.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+
+from infra.topics import admin_client
 
 DEADLINE_S = 30.0
 
@@ -70,6 +73,42 @@ def end_offsets(
         return ends
     finally:
         consumer.close()
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    """A consumer group's lag over its topics (records between its committed offsets and the
+    high watermarks), and the sum of its committed offsets: whether it moves."""
+
+    lag: int
+    committed: int
+
+
+def group_lags(
+    bootstrap: str,
+    groups: Mapping[str, Iterable[str]],
+    ends: Mapping[str, Mapping[TopicPartition, int]] | None = None,
+) -> dict[str, GroupLag]:
+    """Each group's lag over the topics it reads, against the high watermarks (``ends``, as
+    ``end_offsets`` gives them; read here when not given). A partition the group never
+    committed counts from 0."""
+    topics = {topic for names in groups.values() for topic in names}
+    ends = ends if ends is not None else end_offsets(bootstrap, sorted(topics))
+    admin = admin_client(bootstrap)
+    try:
+        lags: dict[str, GroupLag] = {}
+        for group, names in groups.items():
+            committed = admin.list_group_offsets(group).get(group, {})
+            offsets = {tp: committed[tp].offset for tp in committed if committed[tp].offset > 0}
+            lag = sum(
+                max(end - offsets.get(tp, 0), 0)
+                for topic in names
+                for tp, end in ends.get(topic, {}).items()
+            )
+            lags[group] = GroupLag(lag, sum(offsets.values()))
+        return lags
+    finally:
+        admin.close()
 
 
 def read_to_end(

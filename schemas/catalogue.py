@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from schemas.events import (
     INPUT_EVENT_TYPES,
@@ -24,10 +26,27 @@ from schemas.events import (
     SupporterSignup,
     TaskCreated,
     TaskOutcome,
+    TrainingCompleted,
 )
 
 FOREVER = -1
 DAY_MS = 24 * 3600 * 1000
+
+RETENTION_DEFAULT_DAYS: dict[str, int] = {
+    "events": 730,
+    "scores": 730,
+    "nudges": 730,
+    "requests": 30,
+    "deadletter": 90,
+    "forever": 0,
+}
+"""How long each retention period keeps a topic's records, in days (0: forever), unless the
+settings say otherwise (``ENGAGE_RETENTION_EVENTS_DAYS``...); the ledger keeps its rows of a
+topic exactly as long. ``events``: what supporters did (the input topics); ``scores``: what the
+stream derived from it; ``nudges``: what became of each message; ``requests``: the stream's
+requests, which the consumers store within seconds; ``deadletter``: records that could not be
+processed; ``forever``: ``supporter.erased``, which keeps an erased id ignored. Why these
+periods: docs/privacy.md, "Retention"."""
 
 
 @dataclass(frozen=True)
@@ -35,8 +54,19 @@ class TopicSpec:
     name: str
     model: type[Event]
     description: str
-    retention_ms: int = FOREVER
+    retention: str = "events"
+    """Which retention period applies: a key of ``RETENTION_DEFAULT_DAYS``."""
     compacted: bool = False
+    retention_days: int | None = None
+    """Days a record is kept (0: forever); None: the period's default (``with_retention``
+    sets it from the settings)."""
+
+    @property
+    def retention_ms(self) -> int:
+        days = self.retention_days
+        if days is None:
+            days = RETENTION_DEFAULT_DAYS[self.retention]
+        return days * DAY_MS if days else FOREVER
 
     @property
     def key(self) -> str:
@@ -64,19 +94,36 @@ TOPICS: tuple[TopicSpec, ...] = (
         "supporter.erased",
         SupporterErased,
         "A supporter was erased: the stream drops their state and ignores their id after.",
+        "forever",
     ),
-    TopicSpec("engagement.scored", EngagementScored, "Score and rung after each event."),
-    TopicSpec("ladder.changed", LadderChanged, "A supporter moved up or down the ladder."),
-    TopicSpec("nudge.requested", NudgeRequested, "A message a rule wants sent.", 30 * DAY_MS),
-    TopicSpec("task.created", TaskCreated, "An organiser follow-up task.", 30 * DAY_MS),
+    TopicSpec(
+        "training.completed", TrainingCompleted, "A supporter completed a training (organiser)."
+    ),
+    TopicSpec("engagement.scored", EngagementScored, "Score and rung after each event.", "scores"),
+    TopicSpec(
+        "ladder.changed", LadderChanged, "A supporter moved up or down the ladder.", "scores"
+    ),
+    TopicSpec("nudge.requested", NudgeRequested, "A message a rule wants sent.", "requests"),
+    TopicSpec("task.created", TaskCreated, "An organiser follow-up task.", "requests"),
     TopicSpec(
         "message.status",
         MessageStatus,
         "What became of each nudge: held, skipped (why), sent, delivered, bounced, ...",
+        "nudges",
     ),
-    TopicSpec("deadletter", DeadLetter, "Events that could not be processed.", 90 * DAY_MS),
+    TopicSpec("deadletter", DeadLetter, "Events that could not be processed.", "deadletter"),
 )
 INPUT_TOPICS: tuple[str, ...] = tuple(t.name for t in TOPICS if t.name in INPUT_EVENT_TYPES)
+
+
+def with_retention(
+    days: Mapping[str, int], specs: tuple[TopicSpec, ...] = TOPICS
+) -> tuple[TopicSpec, ...]:
+    """The catalogue with each topic's ``retention.ms`` from ``days`` (days per retention
+    period, as ``RETENTION_DEFAULT_DAYS`` names them; 0: forever); a period ``days`` does not
+    name keeps its default."""
+    periods = {**RETENTION_DEFAULT_DAYS, **days}
+    return tuple(replace(spec, retention_days=periods[spec.retention]) for spec in specs)
 
 
 def topic_spec(name: str) -> TopicSpec:
@@ -86,10 +133,10 @@ def topic_spec(name: str) -> TopicSpec:
     raise KeyError(name)
 
 
-def json_schemas() -> dict[str, dict[str, object]]:
+def json_schemas(specs: tuple[TopicSpec, ...] = TOPICS) -> dict[str, dict[str, Any]]:
     """Each topic's JSON Schema, marked with its topic, key, version and retention."""
-    schemas: dict[str, dict[str, object]] = {}
-    for spec in TOPICS:
+    schemas: dict[str, dict[str, Any]] = {}
+    for spec in specs:
         schema = spec.model.model_json_schema()
         schema.update(
             {

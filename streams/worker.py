@@ -7,6 +7,10 @@ offset without emitting, then carries on live. A crash after publishing and befo
 committing replays a few events; each output has a deterministic id and idempotency key,
 so consumers act once.
 
+Metrics (``engage_stream_*``, docs/stream-stage.md "Metrics and health") are updated here, in
+the worker and its processor, never in the pure fold; ``StreamWorker.liveness`` backs the
+process's /healthz.
+
 Only bad input is dead-lettered: a record that does not parse, or an event the engine refuses
 (``RefusedEvent``: dated far after it arrived, or outside the times the state keeps), each with
 a warning naming its topic, partition and offset. Any other exception is a bug in our code: it
@@ -26,6 +30,7 @@ from typing import Any
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from infra.kafka import (
@@ -37,6 +42,8 @@ from infra.kafka import (
     output_producer,
 )
 from infra.logging import input_error, record_context
+from infra.metrics import OBSERVE_EVERY_S, GroupLagWatch, Liveness, PartitionGauges
+from infra.topic_reader import group_lags
 from schemas.catalogue import INPUT_TOPICS, TOPICS
 from schemas.events import INPUT_EVENT_TYPES, Event
 from streams.engagement import NOT_PARSED, Engine, RefusedEvent, SupporterState, fold_order
@@ -45,6 +52,38 @@ log = structlog.get_logger(__name__)
 GROUP = "engage-stream"
 """The stream workers' consumer group: every input topic, range-assigned."""
 SUBSCRIBED = INPUT_TOPICS
+
+RECORDS_IN = Counter(
+    "engage_stream_records_in", "Input records fetched (restored ones included).", ["topic"]
+)
+RECORDS_OUT = Counter(
+    "engage_stream_records_out",
+    "Records published: scores, ladder changes, nudge and task requests, dead letters.",
+    ["topic"],
+)
+BATCH_SECONDS = Histogram(
+    "engage_stream_batch_seconds",
+    "Time to fold a fetched batch and hand its outputs to the producer.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+LAG = Gauge(
+    "engage_stream_lag_records",
+    "Records of an assigned partition not yet processed: the fetch high watermark the "
+    "consumer saw, less the offset processed (or committed, while restoring).",
+    ["topic", "partition"],
+)
+RESTORE_TO_FOLD = Gauge(
+    "engage_stream_restore_records_to_fold",
+    "Records the restore after the last assignment folds (up to the committed offsets).",
+)
+RESTORE_FOLDED = Gauge(
+    "engage_stream_restore_records_folded", "Of the records to restore, those folded so far."
+)
+DEAD_LETTERS = Counter(
+    "engage_stream_dead_letters",
+    "Input records dead-lettered, by topic and reason class (ValidationError, FutureEvent...).",
+    ["topic", "reason"],
+)
 
 
 def _arrival(item: tuple[tuple[int, ...], str, Any, Any]) -> int:
@@ -83,6 +122,11 @@ class EngagementProcessor:
         for topic, partition in assigned:
             self.assigned.setdefault(partition, []).append((topic, partition))
         self.restore_until = {tp: committed[tp] for tp in committed if committed.get(tp)}
+
+    def restore_progress(self) -> tuple[int, int]:
+        """(records folded, records to fold) of the restore since the last assignment."""
+        folded = sum(min(self.done.get(tp, 0), limit) for tp, limit in self.restore_until.items())
+        return folded, sum(self.restore_until.values())
 
     def restoring(self, partition: int) -> bool:
         return any(
@@ -211,6 +255,7 @@ class EngagementProcessor:
         event_id, sid = (event.event_id, event.key()) if event is not None else (None, None)
         with record_context(topic, partition, message.offset, event_id, sid):
             log.warning("stream.dead_letter", reason=input_error(exc))
+        DEAD_LETTERS.labels(topic, type(exc).__name__).inc()
         error = f"{type(exc).__name__}: {exc}"
         return [
             dead_letter(
@@ -256,9 +301,11 @@ class StreamWorker:
         clock: Callable[[], float] = time.time,
         tick_seconds: float = 60.0,
         consumer_settings: ConsumerSettings = CONSUMER_DEFAULTS,
+        health_stale_s: float = 60.0,
     ) -> None:
         """``clock`` tells the time lapse timers go by (tests move it); every
-        ``tick_seconds`` of real time the worker asks what that time has caused."""
+        ``tick_seconds`` of real time the worker asks what that time has caused.
+        ``health_stale_s``: the patience of the health rule (``infra.metrics.Liveness``)."""
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.consumer_settings = consumer_settings
@@ -270,6 +317,9 @@ class StreamWorker:
         self.fetched = 0  # records handed over by the consumer (some may wait in the buffer)
         self.co_partitioned = False
         self._settling: asyncio.Task[None] | None = None
+        self.liveness = Liveness("stream", health_stale_s)
+        self._observed_at = 0.0  # monotonic
+        self._lag = PartitionGauges(LAG)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.consumer = group_consumer(
@@ -285,6 +335,7 @@ class StreamWorker:
         self.co_partitioned = len(counts) == 1
         self.consumer.subscribe(list(SUBSCRIBED), listener=_Rebalance(self))
         await self.consumer.start()
+        watch = GroupLagWatch(self._group_lag, self.liveness).start()
         next_tick = time.monotonic() + self.tick_seconds
         try:
             while not stop.is_set():
@@ -292,7 +343,12 @@ class StreamWorker:
                 if self.failed is not None:
                     raise self.failed
                 if batches or any(self.processor.buffers.values()):
-                    await self._handle(batches)
+                    folded = self.processor.folded
+                    with BATCH_SECONDS.time():
+                        await self._handle(batches)
+                    if batches or self.processor.folded > folded:
+                        self.liveness.batch()
+                self._observe()
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_seconds
                     await self._tick()
@@ -306,8 +362,36 @@ class StreamWorker:
                 log.warning("stream.commit_failed", exc_info=True)
             raise
         finally:
+            watch.stop()
             await self.consumer.stop()
             await self.producer.stop()
+
+    def _observe(self) -> None:
+        """Lag per assigned partition and restore progress, as metrics and for the health
+        check: from the high watermark of the consumer's last fetch (not ListOffsets, which
+        Tansu answers wrongly)."""
+        if time.monotonic() < self._observed_at + OBSERVE_EVERY_S:
+            return
+        self._observed_at = time.monotonic()
+        processor, lags = self.processor, {}
+        done, restore_until = processor.done, processor.restore_until
+        assignment = self.consumer.assignment()
+        for tp in assignment:
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            key = (tp.topic, tp.partition)
+            lags[key] = max(high - max(done.get(key, 0), restore_until.get(key, 0)), 0)
+        self._lag.update(lags)
+        folded, to_fold = processor.restore_progress()
+        RESTORE_TO_FOLD.set(to_fold)
+        RESTORE_FOLDED.set(folded)
+        self.liveness.polled(len(assignment), sum(lags.values()))
+
+    def _group_lag(self) -> tuple[int, int]:
+        """The group's lag and committed offsets (read while this member has no partitions)."""
+        lag = group_lags(self.bootstrap, {self.group_id: SUBSCRIBED})[self.group_id]
+        return lag.lag, lag.committed
 
     async def _handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
         """Process a batch while the previous one's outputs are still being acknowledged;
@@ -319,6 +403,8 @@ class StreamWorker:
         await self.settle()
         futures = await self._publish(outputs)
         self._settling = asyncio.create_task(self._commit_when_acked(futures, offsets))
+        for tp, messages in batches.items():
+            RECORDS_IN.labels(tp.topic).inc(len(messages))
         events = sum(len(m) for m in batches.values())
         self.fetched += events
         self.processed = self.processor.folded
@@ -342,6 +428,8 @@ class StreamWorker:
     async def _publish(self, outputs: list[tuple[int, Record]]) -> list[asyncio.Future[Any]]:
         """Send the outputs; co-partitioned, as one record batch per topic-partition."""
         if not self.co_partitioned:
+            for _, (topic, _, _) in outputs:
+                RECORDS_OUT.labels(topic).inc()
             return [
                 await self.producer.send(topic, value=value, key=key)
                 for _, (topic, key, value) in outputs
@@ -351,6 +439,7 @@ class StreamWorker:
             grouped.setdefault((topic, partition), []).append((key, value))
         futures: list[asyncio.Future[Any]] = []
         for (topic, partition), records in grouped.items():
+            RECORDS_OUT.labels(topic).inc(len(records))
             batch = self.producer.create_batch()
             for key, value in records:
                 if batch.append(key=key, value=value, timestamp=None) is None:

@@ -6,7 +6,11 @@ the end-to-end tier's in tests/e2e/conftest.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
+import structlog
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -16,3 +20,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "filterwarnings",
         "ignore:open_text is deprecated:DeprecationWarning:importlib.resources._legacy",
     )
+
+
+@pytest.fixture(autouse=True)
+def _structlog_as_it_was(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A command run in-process (``engage.cli.main``) configures structlog for a terminal and
+    caches its loggers: later tests' ``capture_logs`` would see nothing. Here no logger is
+    cached, and each test leaves the configuration as it found it."""
+    saved = structlog.get_config()
+    configure = structlog.configure
+
+    def uncached(**settings: Any) -> None:
+        configure(**{**settings, "cache_logger_on_first_use": False})
+
+    monkeypatch.setattr(structlog, "configure", uncached)
+    yield
+    configure(**saved)

@@ -4,7 +4,9 @@ carries the 404s of the opt-out links and the ingest bodies' contact patterns.""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import engage.webapp
 import engage.wiring
-from infra.db import Nudge, make_engine
+from consumers.organising import directory
+from consumers.organising.accounts import start_session
+from consumers.organising.web import CSRF_HEADER, SESSION_COOKIE
+from consumers.repository import store_tasks
+from infra.db import Nudge, Supporter, make_engine
 from infra.settings import Settings
-from schemas.events import INGEST_EMAIL_PATTERN, INGEST_PHONE_PATTERN, INGEST_POSTCODE_PATTERN
+from schemas.events import (
+    INGEST_EMAIL_PATTERN,
+    INGEST_PHONE_PATTERN,
+    INGEST_POSTCODE_PATTERN,
+    TaskCreated,
+)
 from schemas.identity import opt_out_token
 from tests.integration.test_dispatch import INVITE, WELCOME, seed
 
 TOKEN = "test-token"  # the settings fixture's api_token
 KEY = "test-key"  # and its identity_key, which signs the opt-out links
 CODE = "k3v7q2m5xa"  # an SMS opt-out code
+JO = f"sup_{1:032x}"  # a supporter in the organiser's district
 OPERATIONS = [
     ("POST", "/v1/events"),
     ("POST", "/v1/events/batch"),
@@ -49,8 +61,27 @@ OPERATIONS = [
     ("POST", "/webhooks/twilio/status"),
     ("POST", "/webhooks/sendgrid/events"),
     ("GET", "/health"),
+    ("GET", "/asyncapi.json"),
+    ("GET", "/schemas/{topic}.json"),
+    ("POST", "/v1/organisers/session"),
+    ("DELETE", "/v1/organisers/session"),
+    ("GET", "/v1/organisers/queue"),
+    ("GET", "/v1/organisers/tasks/{task_id}"),
+    ("POST", "/v1/organisers/tasks/{task_id}/claim"),
+    ("POST", "/v1/organisers/tasks/{task_id}/release"),
+    ("POST", "/v1/organisers/tasks/{task_id}/outcome"),
+    ("GET", "/v1/organisers/escalations"),
+    ("GET", "/v1/organisers/groups/{group_id}/leaders"),
+    ("POST", "/v1/organisers/trainings"),
 ]
-UNCONSTRAINED = {"/health", "/v1/supporters/{supporter_id}/explain"}  # no request to get wrong
+UNCONSTRAINED = {  # no request to get wrong
+    "/health",
+    "/asyncapi.json",
+    "/schemas/{topic}.json",
+    "/v1/supporters/{supporter_id}/explain",
+    "/v1/organisers/escalations",
+}
+ORGANISER_PASSWORD = "a long enough password"
 CONFORMS = [
     not_a_server_error,
     status_code_conformance,
@@ -99,7 +130,42 @@ def links(sessions: sessionmaker[Session]) -> dict[str, dict[str, Any]]:
             "query": {"t": opt_out_token(KEY, WELCOME)},
         },
         "/o/{code}": {"path_parameters": {"code": CODE}},
+        "/schemas/{topic}.json": {"path_parameters": {"topic": "supporter.signup"}},
     }
+
+
+@pytest.fixture
+def organiser(sessions: sessionmaker[Session]) -> dict[str, str]:
+    """Asha, of a group owning Jo's district, signed in: her session cookie and CSRF token
+    (sent with half the requests), and Jo's task, which some requests name."""
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        directory.add_group(session, "hackney", "Hackney", ["E8"], now)
+        directory.add_organiser(session, "asha", "Asha", ["hackney"], now, leads=["hackney"])
+        directory.set_password(session, "asha", ORGANISER_PASSWORD, now)
+        session.add(Supporter(supporter_id=JO, first_name="Jo", postcode="E8 1AA"))
+        session.flush()
+        store_tasks(session, [_task(JO, now)], now)
+        started = start_session(session, "asha", now, timedelta(hours=1))
+    return {
+        "token": started.token,
+        "csrf": started.signed_in.csrf_token,
+        "task_id": f"first_meeting_follow_up:{JO}",
+    }
+
+
+def _task(sid: str, now: datetime) -> TaskCreated:
+    return TaskCreated(
+        event_time=now,
+        task_id=f"first_meeting_follow_up:{sid}",
+        supporter_id=sid,
+        kind="first_meeting_follow_up",
+        reason="Came to a first meeting",
+        due_at=now + timedelta(hours=48),
+        area="Hackney",
+        rule="first-meeting-follow-up",
+        cause_event_id=uuid.uuid4(),
+    )
 
 
 @pytest.mark.parametrize(
@@ -112,7 +178,12 @@ def links(sessions: sessionmaker[Session]) -> dict[str, dict[str, Any]]:
     ],
 )
 def test_every_answer_is_one_the_document_declares(
-    app: FastAPI, links: dict[str, dict[str, Any]], method: str, path: str, mode: GenerationMode
+    app: FastAPI,
+    links: dict[str, dict[str, Any]],
+    organiser: dict[str, str],
+    method: str,
+    path: str,
+    mode: GenerationMode,
 ) -> None:
     """Requests the document allows (positive) or forbids (negative), some along a genuine
     opt-out link, half with the right bearer token: no 5xx, and the status, content type,
@@ -120,19 +191,23 @@ def test_every_answer_is_one_the_document_declares(
 
     The webhooks are included, but only their refusals are reached: the test app has no
     provider secrets and schemathesis cannot sign a request, so each answer is the documented
-    403 (test_webhooks.py covers their signed requests). Bounded: 20 examples an operation
-    and mode, derandomised, so every run sends the same requests.
+    403 (test_webhooks.py covers their signed requests). The organisers' endpoints get a
+    signed-in organiser's cookie and CSRF token with the authorised half, some of them a
+    genuine task or group, and the sign-in its genuine credentials now and then.
+    Bounded: 10 examples an operation and mode, derandomised, so every run sends the same
+    requests.
     """
     operation = schemathesis.openapi.from_asgi("/openapi.json", app)[path][method]
     # A '/' in a path parameter addresses another route (or none), not this operation.
     cases = operation.as_strategy(generation_mode=mode).filter(
         lambda case: not any("/" in str(v) for v in (case.path_parameters or {}).values())
     )
-    if path in links:
-        cases = st.one_of(cases, operation.as_strategy(**links[path]))
+    genuine = {**links, **_organiser_links(organiser)}
+    if path in genuine:
+        cases = st.one_of(cases, operation.as_strategy(**genuine[path]))
 
     @settings(
-        max_examples=20,
+        max_examples=10,
         derandomize=True,
         database=None,
         deadline=None,
@@ -142,9 +217,35 @@ def test_every_answer_is_one_the_document_declares(
     def conforms(case: Case[Any], authorised: bool) -> None:
         if authorised:  # else the bearer token schemathesis made up, if any: a 401
             case.headers["Authorization"] = f"Bearer {TOKEN}"
+            if path.startswith("/v1/organisers/"):
+                case.cookies = {**(case.cookies or {}), SESSION_COOKIE: organiser["token"]}
+                case.headers[CSRF_HEADER] = organiser["csrf"]
         case.call_and_validate(checks=CONFORMS)
 
     conforms()
+
+
+def _organiser_links(organiser: dict[str, str]) -> dict[str, dict[str, Any]]:
+    task = {"path_parameters": {"task_id": organiser["task_id"]}}
+    return {
+        "/v1/organisers/session": {
+            "body": {"organiser_id": "asha", "password": ORGANISER_PASSWORD},
+            "media_type": "application/json",
+        },
+        "/v1/organisers/tasks/{task_id}": task,
+        "/v1/organisers/tasks/{task_id}/claim": task,
+        "/v1/organisers/tasks/{task_id}/release": task,
+        "/v1/organisers/tasks/{task_id}/outcome": {
+            **task,
+            "body": {"outcome": "no_answer", "note": "left a message"},
+            "media_type": "application/json",
+        },
+        "/v1/organisers/groups/{group_id}/leaders": {"path_parameters": {"group_id": "hackney"}},
+        "/v1/organisers/trainings": {
+            "body": {"supporter_id": JO, "training": "One-to-ones"},
+            "media_type": "application/json",
+        },
+    }
 
 
 def test_the_property_test_covers_every_operation(app: FastAPI) -> None:

@@ -72,6 +72,13 @@ def created(sid: str, due_at: datetime, kind: str = "first_meeting_follow_up", *
     )
 
 
+@pytest.fixture
+def database_url(tmp_path: Any) -> str:
+    """SQLite only: the routes here call consumers.organising, whose every read and write
+    test_organisers.py runs on both databases; the access matrix below is about the web layer."""
+    return f"sqlite:///{tmp_path / 'engage.db'}"
+
+
 @pytest.fixture(autouse=True)
 def _quick_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     """argon2id with small parameters, so that the dozens of sign-ins here take milliseconds
