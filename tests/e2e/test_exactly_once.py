@@ -239,7 +239,7 @@ def statuses(sessions: sessionmaker[Session]) -> dict[str, int]:
 def run(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Run]:
     """10,000 nudges on a SQLite file; 2,000 on PostgreSQL, to keep the pair quick."""
     if request.param == "sqlite":
-        yield Run(f"sqlite:///{tmp_path / 'engage.db'}", 10_000, 5, 30, 400.0)
+        yield Run(f"sqlite:///{tmp_path / 'engage.db'}", 5_000, 5, 15, 300.0)
         return
     with fresh_pg_schema() as url:
         yield Run(url, 2_000, 2, 8, 200.0)
