@@ -98,7 +98,7 @@ def _drained(supervisor: Supervisor, accepted: int, timeout_s: float) -> dict[st
                 )
             ).all()
         )
-    supporters_with_signup = len({t.supporter_id for t in tasks})
+    supporters_with_a_task = len({t.supporter_id for t in tasks})
     where: Counter[str] = Counter()
     for t in tasks:
         if t.status in ("open", "claimed"):
@@ -112,7 +112,7 @@ def _drained(supervisor: Supervisor, accepted: int, timeout_s: float) -> dict[st
     )
     return {
         "tasks": len(tasks),
-        "supporters_with_a_task": supporters_with_signup,
+        "supporters_with_a_task": supporters_with_a_task,
         "tasks_by_kind": dict(Counter(t.kind for t in tasks)),
         "tasks_by_queue_or_state": dict(where),
         "attendance_to_queue_samples": len(samples),

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
+def first_journey(day: datetime, person: dict[str, str]) -> list[dict[str, Any]]:
+    """A signup with consent to both channels, a petition an hour later and a first meeting a
+    day later, as the ingest API takes them: two nudges and a follow-up task."""
+    return [
+        {
+            "type": "supporter.signup",
+            "event_time": day.isoformat(),
+            "area": "Leeds",
+            "consent_email": True,
+            "consent_sms": True,
+            "consent_wording": "v1",
+            **person,
+        },
+        {
+            "type": "petition.signed",
+            "event_time": (day + timedelta(hours=1)).isoformat(),
+            "petition_id": "leeds-library",
+            "petition_title": "Save Leeds library",
+            **person,
+        },
+        {
+            "type": "event.attended",
+            "event_time": (day + timedelta(days=1)).isoformat(),
+            "meeting_id": "leeds-nov",
+            "meeting_title": "Leeds monthly",
+            **person,
+        },
+    ]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import ENGAGE, Pipeline
+from tests.e2e.conftest import ENGAGE, Pipeline, first_journey
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.slow
@@ -43,31 +43,7 @@ def total(found: Samples, name: str, **labels: str) -> float:
 def events(day: datetime) -> list[dict[str, Any]]:
     """A signup with consent, a petition and a first meeting: two emails and a task."""
     person = {"email": "bea.khan@example.org", "phone": "07912 345678", "first_name": "Bea"}
-    return [
-        {
-            "type": "supporter.signup",
-            "event_time": day.isoformat(),
-            "area": "Leeds",
-            "consent_email": True,
-            "consent_sms": True,
-            "consent_wording": "v1",
-            **person,
-        },
-        {
-            "type": "petition.signed",
-            "event_time": (day + timedelta(hours=1)).isoformat(),
-            "petition_id": "leeds-library",
-            "petition_title": "Save Leeds library",
-            **person,
-        },
-        {
-            "type": "event.attended",
-            "event_time": (day + timedelta(days=1)).isoformat(),
-            "meeting_id": "leeds-nov",
-            "meeting_title": "Leeds monthly",
-            **person,
-        },
-    ]
+    return first_journey(day, person)
 
 
 def test_each_process_serves_metrics_and_health_during_a_run(pipeline: Pipeline) -> None:

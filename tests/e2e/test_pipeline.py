@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from producers.simulator import generate_events
-from tests.e2e.conftest import ENGAGE, Pipeline, alive
+from tests.e2e.conftest import ENGAGE, Pipeline, alive, first_journey
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.slow
@@ -26,31 +26,7 @@ def test_events_posted_over_http_become_nudges_and_a_task(pipeline: Pipeline) ->
     # Recent, so no rule finds the events stale (the default playbook's stale_after_hours).
     day = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=30)
     person = {"email": "Ann.Jones@Example.org", "phone": "07911 123456", "first_name": "Ann"}
-    events = [
-        {
-            "type": "supporter.signup",
-            "event_time": day.isoformat(),
-            "area": "Leeds",
-            "consent_email": True,
-            "consent_sms": True,
-            "consent_wording": "v1",
-            **person,
-        },
-        {
-            "type": "petition.signed",
-            "event_time": (day + timedelta(hours=1)).isoformat(),
-            "petition_id": "leeds-library",
-            "petition_title": "Save Leeds library",
-            **person,
-        },
-        {
-            "type": "event.attended",
-            "event_time": (day + timedelta(days=1)).isoformat(),
-            "meeting_id": "leeds-nov",
-            "meeting_title": "Leeds monthly",
-            **person,
-        },
-    ]
+    events = first_journey(day, person)
     response = pipeline.post(events)
     assert response.status_code == 202, response.text
     assert len(response.json()["accepted"]) == 3
