@@ -1,4 +1,6 @@
-"""Sign-in sheet import: a meeting's CSV (name, email, mobile, postcode) to attendance events."""
+"""Sign-in sheet import: a meeting's CSV (name, email, mobile, postcode) to attendance events;
+the sheet reading and the reasons naming a column, which a training's sheet shares
+(producers/training_sheet.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import csv
 import io
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -93,12 +95,57 @@ def parse_sign_in_sheet(
         raise ValueError("event_time must be timezone-aware")
     if not meeting_id.strip():
         raise ValueError("meeting_id must not be blank")
-    text_lines = list(lines)
-    result = ParseResult()
-    delimiter = _delimiter(text_lines)
-    reader = csv.reader(text_lines, delimiter=delimiter)
-    header: dict[str, int] | None = None
+    sheet = read_sheet(lines)
+    result = ParseResult(rows=len(sheet.rows), labels=sheet.labels)
     seen: dict[str, int] = {}
+    for row in sheet.rows:
+        outcome = _attended(row.cells, meeting_id, event_time, meeting_title, area, sheet.labels)
+        if isinstance(outcome, str):
+            result.rejected.append(RejectedRow(row.line, outcome))
+            continue
+        identity = outcome.email or outcome.phone or ""
+        if identity in seen:
+            result.rejected.append(
+                RejectedRow(row.line, f"same person as line {seen[identity]}; kept once")
+            )
+            continue
+        seen[identity] = row.line
+        # The default role is left out: a payload says what the sheet says.
+        default_role = {"role"} if outcome.role == "attendee" else None
+        result.events.append(
+            outcome.model_dump(mode="json", exclude_none=True, exclude=default_role)
+        )
+        result.lines.append(row.line)
+    result.rejected.extend(sheet.rejected)
+    return result
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    line: int  # 1-based line of the sheet where the row starts
+    cells: dict[str, str]  # canonical column name -> the cell's text, stripped
+
+
+@dataclass
+class Sheet:
+    rows: list[SheetRow] = field(default_factory=list)  # non-blank data rows
+    labels: dict[str, str] = field(default_factory=dict)  # the sheet's header for each column
+    rejected: list[RejectedRow] = field(default_factory=list)  # header refused, unreadable CSV
+
+
+def read_sheet(
+    lines: Iterable[str] | TextIO, extra_columns: Mapping[str, tuple[str, ...]] | None = None
+) -> Sheet:
+    """A sign-in sheet's rows by column (``_COLUMNS``, plus ``extra_columns``' aliases):
+    comma, semicolon or tab separated, blank rows skipped. A header with neither an email nor
+    a mobile column is refused (no rows); unreadable CSV stops the reading at its line."""
+    text_lines = list(lines)
+    aliases = dict(_ALIASES)
+    for column, names in (extra_columns or {}).items():
+        aliases.update(dict.fromkeys(names, column))
+    sheet = Sheet()
+    reader = csv.reader(text_lines, delimiter=_delimiter(text_lines))
+    header: dict[str, int] | None = None
     line_no = 1
     try:
         for cells in reader:
@@ -106,39 +153,22 @@ def parse_sign_in_sheet(
             if not any(cell.strip() for cell in cells):
                 continue
             if header is None:
-                header, result.labels = _header(cells)
+                header, sheet.labels = _header(cells, aliases)
                 if "email" not in header and "phone" not in header:
-                    result.rejected.append(
+                    sheet.rejected.append(
                         RejectedRow(row_line, "header: no email or mobile column found")
                     )
-                    return result
+                    return sheet
                 continue
-            result.rows += 1
-            row = {
+            values = {
                 column: cells[index].strip()
                 for column, index in header.items()
                 if index < len(cells)
             }
-            outcome = _attended(row, meeting_id, event_time, meeting_title, area, result.labels)
-            if isinstance(outcome, str):
-                result.rejected.append(RejectedRow(row_line, outcome))
-                continue
-            identity = outcome.email or outcome.phone or ""
-            if identity in seen:
-                result.rejected.append(
-                    RejectedRow(row_line, f"same person as line {seen[identity]}; kept once")
-                )
-                continue
-            seen[identity] = row_line
-            # The default role is left out: a payload says what the sheet says.
-            default_role = {"role"} if outcome.role == "attendee" else None
-            result.events.append(
-                outcome.model_dump(mode="json", exclude_none=True, exclude=default_role)
-            )
-            result.lines.append(row_line)
+            sheet.rows.append(SheetRow(row_line, values))
     except csv.Error as exc:
-        result.rejected.append(RejectedRow(line_no, f"unreadable CSV: {exc}"))
-    return result
+        sheet.rejected.append(RejectedRow(line_no, f"unreadable CSV: {exc}"))
+    return sheet
 
 
 def _delimiter(lines: list[str]) -> str:
@@ -147,14 +177,14 @@ def _delimiter(lines: list[str]) -> str:
     return max(counts, key=lambda sep: counts[sep]) if any(counts.values()) else ","
 
 
-def _header(cells: list[str]) -> tuple[dict[str, int], dict[str, str]]:
+def _header(cells: list[str], aliases: Mapping[str, str]) -> tuple[dict[str, int], dict[str, str]]:
     """Column positions by canonical name, and the sheet's own label for each column."""
     positions: dict[str, int] = {}
     labels: dict[str, str] = {}
     for index, cell in enumerate(cells):
         label = cell.strip().lstrip("\ufeff").strip()
         key = re.sub(r"[\s_\-]+", " ", label.lower()).strip(" :*")
-        column = _ALIASES.get(key)
+        column = aliases.get(key)
         if column is not None and column not in positions:
             positions[column] = index
             labels[column] = label
@@ -169,7 +199,7 @@ def _attended(
     area: str | None,
     labels: dict[str, str],
 ) -> AttendedIn | str:
-    first_name, last_name = _split_name(row)
+    first_name, last_name = split_name(row)
     fields: dict[str, Any] = {
         "event_time": event_time,
         "meeting_id": meeting_id,
@@ -184,13 +214,13 @@ def _attended(
     try:
         model = AttendedIn.model_validate(fields)
     except ValidationError as exc:
-        return _reason(exc, labels)
+        return rejection_reason(exc, labels)
     identity = model.email or model.phone or ""
     event_id = uuid.uuid5(SHEET_NAMESPACE, f"{meeting_id}:{identity}")
     return model.model_copy(update={"event_id": event_id})
 
 
-def _split_name(row: dict[str, str]) -> tuple[str | None, str | None]:
+def split_name(row: dict[str, str]) -> tuple[str | None, str | None]:
     """First and last name: "Ann Smith", "Mary Ann de Souza" (first word first), "Smith, Ann"."""
     if row.get("first_name") or row.get("last_name"):
         return row.get("first_name") or None, row.get("last_name") or None
@@ -204,7 +234,7 @@ def _split_name(row: dict[str, str]) -> tuple[str | None, str | None]:
     return first, last or None
 
 
-def _reason(exc: ValidationError, labels: dict[str, str]) -> str:
+def rejection_reason(exc: ValidationError, labels: dict[str, str]) -> str:
     """A short reason naming the sheet's column: "email: ..."."""
     parts: list[str] = []
     for error in exc.errors(include_url=False):
@@ -258,7 +288,7 @@ def import_sheet(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     parsed = parse_sign_in_sheet(
-        io.StringIO(_read_text(path), newline=""), meeting_id, event_time, meeting_title, area
+        io.StringIO(read_text(path), newline=""), meeting_id, event_time, meeting_title, area
     )
     report = ImportReport(source=str(path), meeting_id=meeting_id, rows=parsed.rows)
     rejected = list(parsed.rejected)
@@ -282,7 +312,7 @@ def import_sheet(
     return report
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """The sheet's text: UTF-8 (with or without a BOM), else Windows-1252 as Excel saves it."""
     data = path.read_bytes()
     try:

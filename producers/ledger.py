@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -130,6 +130,38 @@ def ingest_events(
     people.save_links()
     people.confirm_unmerged()
     return result
+
+
+def record_for_people(
+    session: Session,
+    people: Sequence[ContactFields],
+    event_for: Callable[[ContactFields, str], Event],
+    accepted_at: datetime,
+    identity_key: str,
+) -> list[tuple[str, bool] | None]:
+    """For people known by contact details (a sign-in sheet), events that name them by id:
+    resolve each person to their supporter id (linking, merging and keeping contact details
+    as ``ingest_events`` does; a new supporter for someone not seen) and add
+    ``event_for(person, supporter_id)`` to the ledger, in the caller's transaction. Each
+    person's ``event_id`` is their event's. Returns (supporter id, new supporter) per person,
+    None for one whose event the ledger has already. Raises IdentityConflict as
+    ``ingest_events`` does: run it again."""
+    ledger = _Ledger(session, accepted_at)
+    ledger.load_seen([person.event_id for person in people])
+    identities = _Identities(session, identity_key, ledger)
+    identities.load(person for person in people if person.event_id not in ledger.seen)
+    done: list[tuple[str, bool] | None] = []
+    for person in people:
+        if person.event_id in ledger.seen:
+            done.append(None)
+            continue
+        sid = identities.resolve(person.email, person.phone, person)
+        new = ledger.supporter(sid) is None
+        ledger.append(event_for(person, sid), person)
+        done.append((sid, new))
+    identities.save_links()
+    identities.confirm_unmerged()
+    return done
 
 
 class _Ledger:
