@@ -10,6 +10,7 @@ on Apache Kafka.
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -155,3 +156,52 @@ def read_to_end(
                 raise TimeoutError(f"could not read {stuck} to their end in {deadline_s} s")
     finally:
         consumer.close()
+
+
+def record_checks(
+    bootstrap: str,
+    offsets: Mapping[tuple[str, int], int],
+    deadline_s: float = 10.0,
+    client_id: str = "engage-checks",
+) -> dict[tuple[str, int], str | None]:
+    """A check of the record at each (topic, partition) offset: its timestamp and the CRC-32 of
+    its key and value (``"<ms>:<crc>"``), or None when the partition has no record there (past
+    its end, or deleted by retention). Two logs with the same check at an offset hold the same
+    event there."""
+    checks: dict[tuple[str, int], str | None] = {}
+    if not offsets:
+        return checks
+    consumer = _consumer(bootstrap, client_id)
+    try:
+        tps = {TopicPartition(t, p): o for (t, p), o in offsets.items()}
+        consumer.assign(list(tps))
+        for tp, offset in tps.items():
+            consumer.seek(tp, offset)
+        pending = set(tps)
+        deadline = time.monotonic() + deadline_s
+        while pending and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=100, max_records=1000).items():
+                if tp in pending and records:
+                    first = records[0]
+                    key = (tp.topic, tp.partition)
+                    checks[key] = (
+                        _check(first.timestamp, first.key, first.value)
+                        if first.offset == tps[tp]
+                        else None
+                    )
+                    pending.discard(tp)
+                    consumer.pause(tp)
+            for tp in list(pending):
+                mark = consumer.highwater(tp)
+                if mark is not None and consumer.position(tp) >= mark:
+                    checks[(tp.topic, tp.partition)] = None  # nothing there
+                    pending.discard(tp)
+        if pending:
+            raise TimeoutError(f"no record at {sorted(map(str, pending))} in {deadline_s} s")
+        return checks
+    finally:
+        consumer.close()
+
+
+def _check(timestamp: int, key: bytes | None, value: bytes | None) -> str:
+    return f"{timestamp}:{zlib.crc32(value or b'', zlib.crc32(key or b'')):08x}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import struct
 import sys
 import uuid
 import zlib
@@ -91,6 +92,47 @@ class SupporterState:
                 kept.append(value)
         kept.append(rule << 32 | t)
         self.fired = pack_all(kept)
+
+
+STATE_VERSION = 1
+"""The version of ``encode_state``'s layout; ``decode_state`` refuses any other."""
+_STATE_HEAD = struct.Struct("<BIIbHHII")
+"""version, latest, fell, rung, lapsed, then the lengths of area (UTF-8), actions and fired."""
+
+
+def encode_state(state: SupporterState) -> bytes:
+    """A supporter's state as bytes (snapshots): every slot, versioned; ``decode_state`` gives
+    back a state that folds identically. An erased or merged supporter keeps only its rung."""
+    area = state.area.encode() if state.area is not None else b""
+    head = _STATE_HEAD.pack(
+        STATE_VERSION,
+        state.latest,
+        state.fell,
+        state.rung,
+        state.lapsed,
+        len(area) if state.area is not None else 0xFFFF,
+        len(state.actions),
+        len(state.fired),
+    )
+    return b"".join((head, area, state.actions, state.fired))
+
+
+def decode_state(data: bytes) -> SupporterState:
+    """The state ``encode_state`` encoded; ValueError for another version or a bad length."""
+    if len(data) < _STATE_HEAD.size or data[0] != STATE_VERSION:
+        raise ValueError(f"not a version {STATE_VERSION} supporter state")
+    _, latest, fell, rung, lapsed, area_len, n_actions, n_fired = _STATE_HEAD.unpack_from(data)
+    start = _STATE_HEAD.size
+    end_area = start + (0 if area_len == 0xFFFF else area_len)
+    end_actions = end_area + n_actions
+    if end_actions + n_fired != len(data) or n_actions % 8 or n_fired % 8:
+        raise ValueError("a supporter state of the wrong length")
+    state = SupporterState()
+    state.latest, state.fell, state.rung, state.lapsed = latest, fell, rung, lapsed
+    state.area = None if area_len == 0xFFFF else sys.intern(data[start:end_area].decode())
+    state.actions = data[end_area:end_actions]
+    state.fired = data[end_actions:]
+    return state
 
 
 TOPIC_RANK: dict[str, int] = {topic: rank for rank, topic in enumerate(INPUT_TOPICS)}
@@ -519,10 +561,15 @@ class Engine:
     # -- timers ------------------------------------------------------------------------
 
     def tick(
-        self, states: Mapping[str, SupporterState], now: float, emit: bool = True
+        self,
+        states: Mapping[str, SupporterState],
+        now: float,
+        emit: bool = True,
+        touched: set[str] | None = None,
     ) -> list[Event]:
         """What time alone causes, as of ``now`` (Unix seconds): lapse rules for supporters
         quiet long enough (once per quiet spell), and rungs that fall as windows pass.
+        ``touched``, if given, collects the supporters whose state time may have changed.
 
         Lapse rules see the rung a supporter had at their last activity: "a regular who went
         quiet" is still a regular to them.
@@ -537,6 +584,8 @@ class Engine:
             due = bisect.bisect_right(after, t - state.latest)
             if state.lapsed >= due and state.rung < windowed:
                 continue  # nothing new is due, and this rung cannot fall
+            if touched is not None:
+                touched.add(sid)
             outputs.extend(self._tick_one(sid, state, t, due, emit))
         return outputs
 

@@ -1,11 +1,12 @@
 """The stream stage: reads input topics in batches, folds events into per-supporter state,
 and publishes scores, nudges and tasks; offsets are committed only after outputs are acked.
 
-State is derived from the input topics (the event log), not stored beside them: when a
-partition is assigned, the worker replays it from the start up to the group's committed
-offset without emitting, then carries on live. A crash after publishing and before
-committing replays a few events; each output has a deterministic id and idempotency key,
-so consumers act once.
+State is derived from the input topics (the event log) and saved in snapshots
+(streams/snapshots.py) at committed offsets: when a partition is assigned, the worker keeps
+it (if it held it already), or loads its snapshot, or else replays it from the start, folding
+without emitting up to the group's committed offset, then carries on live. A crash after
+publishing and before committing replays a few events; each output has a deterministic id and
+idempotency key, so consumers act once.
 
 Metrics (``engage_stream_*``, docs/stream-stage.md "Metrics and health") are updated here, in
 the worker and its processor, never in the pure fold; ``StreamWorker.liveness`` backs the
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -43,10 +44,19 @@ from infra.kafka import (
 )
 from infra.logging import input_error, record_context
 from infra.metrics import OBSERVE_EVERY_S, GroupLagWatch, Liveness, PartitionGauges
-from infra.topic_reader import group_lags
+from infra.topic_reader import group_lags, record_checks
 from schemas.catalogue import INPUT_TOPICS, TOPICS
 from schemas.events import INPUT_EVENT_TYPES, Event
-from streams.engagement import NOT_PARSED, Engine, RefusedEvent, SupporterState, fold_order
+from streams.engagement import (
+    NOT_PARSED,
+    Engine,
+    RefusedEvent,
+    SupporterState,
+    decode_state,
+    encode_state,
+    fold_order,
+)
+from streams.snapshots import SnapshotStore
 
 log = structlog.get_logger(__name__)
 GROUP = "engage-stream"
@@ -79,6 +89,10 @@ RESTORE_TO_FOLD = Gauge(
 RESTORE_FOLDED = Gauge(
     "engage_stream_restore_records_folded", "Of the records to restore, those folded so far."
 )
+RESTORE_LOADED = Gauge(
+    "engage_stream_restore_supporters_loaded",
+    "Supporters whose state the last assignment loaded from snapshots (streams/snapshots.py).",
+)
 DEAD_LETTERS = Counter(
     "engage_stream_dead_letters",
     "Input records dead-lettered, by topic and reason class (ValidationError, FutureEvent...).",
@@ -91,6 +105,18 @@ def _arrival(item: tuple[tuple[int, ...], str, Any, Any]) -> int:
 
 
 @dataclass
+class PendingSnapshot:
+    """A partition's snapshot taken from the processor, on its way to the store."""
+
+    partition: int
+    offsets: dict[tuple[str, int], int]
+    states: dict[str, bytes]
+    replace: bool
+    expected: dict[tuple[str, int], int] | None
+    changed: set[str]
+
+
+@dataclass
 class EngagementProcessor:
     """Per-partition state and the fold over a batch; no Kafka here, so it is easy to test.
 
@@ -99,9 +125,11 @@ class EngagementProcessor:
     records to fetch could bring one that sorts before it (``caught_up`` names the
     topic-partitions fetched to their end; without it everything given is released).
 
-    After an assignment each partition is read from the start: records below the group's
-    committed offset are folded without emitting (the state is rebuilt), the rest live.
-    ``done`` says how far each topic-partition has been processed: what may be committed.
+    After an assignment (``reset``) each partition is kept, loaded from a snapshot or read
+    from the start: records below the group's committed offset are folded without emitting
+    (the state is rebuilt), the rest live. ``done`` says how far each topic-partition has been
+    processed: what may be committed. ``dirty`` names the supporters changed since the last
+    snapshot (``take_snapshot``).
     """
 
     engine: Engine
@@ -112,21 +140,122 @@ class EngagementProcessor:
     seen: dict[tuple[str, int], int] = field(default_factory=dict)
     fetched: dict[tuple[str, int], int] = field(default_factory=dict)
     done: dict[tuple[str, int], int] = field(default_factory=dict)
+    start: dict[tuple[str, int], int] = field(default_factory=dict)
+    dirty: dict[int, set[str]] = field(default_factory=dict)
+    replace: set[int] = field(default_factory=set)
+    rejected: dict[int, dict[tuple[str, int], int]] = field(default_factory=dict)
     folded: int = 0
 
-    def reset(
+    def keepable(
         self, assigned: Iterable[tuple[str, int]], committed: dict[tuple[str, int], int]
-    ) -> None:
-        self.states, self.buffers, self.seen, self.fetched, self.done = {}, {}, {}, {}, {}
-        self.assigned = {}
+    ) -> set[int]:
+        """The partitions of a new assignment whose state this processor already holds as of
+        the committed offsets (kept across the rebalance: nothing to restore)."""
+        wanted: dict[int, set[tuple[str, int]]] = {}
         for topic, partition in assigned:
-            self.assigned.setdefault(partition, []).append((topic, partition))
-        self.restore_until = {tp: committed[tp] for tp in committed if committed.get(tp)}
+            wanted.setdefault(partition, set()).add((topic, partition))
+        return {
+            p
+            for p, tps in wanted.items()
+            if p in self.states
+            and set(self.assigned.get(p, ())) == tps
+            and all(self.done.get(tp, 0) == committed.get(tp, 0) for tp in tps)
+        }
+
+    def reset(
+        self,
+        assigned: Iterable[tuple[str, int]],
+        committed: dict[tuple[str, int], int],
+        snapshots: Mapping[int, tuple[Mapping[tuple[str, int], int], dict[str, SupporterState]]]
+        | None = None,
+        rejected: Mapping[int, dict[tuple[str, int], int]] | None = None,
+    ) -> dict[tuple[str, int], int]:
+        """Take a new assignment; return the offset to read each topic-partition from (0: its
+        beginning). A partition kept (``keepable``) keeps its state and goes on from the
+        committed offsets; one with a snapshot (its offsets, at or below the committed ones,
+        and its states) starts from it; any other is rebuilt from the beginning. Records below
+        the committed offsets are folded without emitting.
+
+        ``rejected``: the saved offsets of partitions whose snapshot was not loaded, so that
+        this processor's first snapshot of them may replace it."""
+        assigned = list(assigned)
+        kept = self.keepable(assigned, committed)
+        by_partition: dict[int, list[tuple[str, int]]] = {}
+        for topic, partition in assigned:
+            by_partition.setdefault(partition, []).append((topic, partition))
+        states, dirty = self.states, self.dirty
+        self.states = {p: states[p] for p in kept}
+        self.dirty = {p: dirty.get(p, set()) for p in kept}
+        self.replace = {p for p in kept if p in self.replace}
+        self.rejected = {p: v for p, v in self.rejected.items() if p in kept}
+        self.rejected.update(rejected or {})
+        start: dict[tuple[str, int], int] = {}
+        for p, tps in by_partition.items():
+            if p in kept:
+                start.update({tp: committed.get(tp, 0) for tp in tps})
+                continue
+            self.dirty[p] = set()
+            if snapshots is not None and p in snapshots:
+                offsets, self.states[p] = snapshots[p]
+                start.update({tp: offsets.get(tp, 0) for tp in tps})
+            else:
+                self.replace.add(p)
+                start.update({tp: 0 for tp in tps})
+        self.buffers, self.seen, self.fetched = {}, {}, {}
+        self.done = {tp: offset for tp, offset in start.items() if offset}
+        self.start, self.assigned = start, by_partition
+        self.restore_until = {
+            tp: offset for tp, offset in committed.items() if offset > start.get(tp, 0)
+        }
+        return dict(start)
 
     def restore_progress(self) -> tuple[int, int]:
         """(records folded, records to fold) of the restore since the last assignment."""
-        folded = sum(min(self.done.get(tp, 0), limit) for tp, limit in self.restore_until.items())
-        return folded, sum(self.restore_until.values())
+        start = self.start
+        folded = sum(
+            max(min(self.done.get(tp, 0), limit) - start.get(tp, 0), 0)
+            for tp, limit in self.restore_until.items()
+        )
+        return folded, sum(limit - start.get(tp, 0) for tp, limit in self.restore_until.items())
+
+    def states_of(self, sid: str) -> SupporterState | None:
+        """A supporter's state, whichever assigned partition holds it."""
+        for states in self.states.values():
+            if sid in states:
+                return states[sid]
+        return None
+
+    def take_snapshot(
+        self, partition: int, committed: Mapping[tuple[str, int], int]
+    ) -> PendingSnapshot | None:
+        """What to save of ``partition``: its offsets and the states changed since the last
+        save (every state, when the partition was rebuilt from the log), or None when there is
+        nothing new or its state reflects records whose offsets are not all committed yet.
+        The changed states count as saved from now on; ``unsaved`` puts them back."""
+        tps = self.assigned.get(partition, ())
+        offsets = {tp: self.done.get(tp, 0) for tp in tps}
+        if not offsets or any(offsets[tp] > committed.get(tp, 0) for tp in tps):
+            return None
+        replace = partition in self.replace
+        changed, self.dirty[partition] = self.dirty.get(partition, set()), set()
+        states = self.states.get(partition, {})
+        if not changed and not replace:
+            return None
+        names = states.keys() if replace else changed
+        rows = {sid: encode_state(states[sid]) for sid in names if sid in states}
+        return PendingSnapshot(
+            partition, offsets, rows, replace, self.rejected.get(partition), changed
+        )
+
+    def saved(self, snapshot: PendingSnapshot) -> None:
+        if snapshot.partition in self.states:
+            self.replace.discard(snapshot.partition)
+            self.rejected.pop(snapshot.partition, None)
+
+    def unsaved(self, snapshot: PendingSnapshot) -> None:
+        """A snapshot that was not saved: its states count as changed again."""
+        if snapshot.partition in self.dirty:
+            self.dirty[snapshot.partition] |= snapshot.changed
 
     def restoring(self, partition: int) -> bool:
         return any(
@@ -209,7 +338,9 @@ class EngagementProcessor:
                 continue
             outputs.extend(
                 (partition, (out.topic, out.key().encode(), out.model_dump_json().encode()))
-                for out in self.engine.tick(states, now)
+                for out in self.engine.tick(
+                    states, now, touched=self.dirty.setdefault(partition, set())
+                )
             )
         return outputs
 
@@ -224,6 +355,7 @@ class EngagementProcessor:
         state = states.get(sid)
         if state is None:
             state = states[sid] = SupporterState()
+        self.dirty.setdefault(partition, set()).add(sid)
         arrived = message.timestamp / 1000 if (message.timestamp or 0) > 0 else None
         try:
             caused = self.engine.apply(state, event, arrived, emit)
@@ -271,6 +403,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         try:
             await self.worker.settle()
+            await self.worker.snapshot(wait=True)
         except KafkaError:  # the next owner replays it; outputs are idempotent
             log.warning("stream.commit_failed", exc_info=True)
         except Exception as exc:  # aiokafka would log and swallow it: the worker's loop raises it
@@ -278,17 +411,60 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("stream.revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Restore the assigned partitions' state (kept, loaded, or rebuilt) and seek to
+        where it ends. The partitions stay paused meanwhile: the worker's loop would otherwise
+        be handed, fold and commit records while the state is being loaded."""
         consumer = self.worker.consumer
+        if assigned:
+            consumer.pause(*assigned)
+        try:
+            await self._assign(assigned)
+        finally:
+            if assigned:
+                consumer.resume(*assigned)
+
+    async def _assign(self, assigned: set[TopicPartition]) -> None:
+        worker = self.worker
+        worker.assigned_at = time.monotonic()
+        consumer, processor = worker.consumer, worker.processor
         committed: dict[tuple[str, int], int] = {}
         for tp in assigned:
             committed[(tp.topic, tp.partition)] = await consumer.committed(tp) or 0
-        self.worker.processor.reset(committed, committed)
-        if assigned:
-            await consumer.seek_to_beginning(*assigned)
+        worker.committed = dict(committed)
+        started = time.perf_counter()
+        kept = processor.keepable(committed, committed)
+        load = {p for _, p in committed} - kept
+        try:
+            snapshots, rejected = await worker.load_snapshots(load, committed)
+        except Exception as exc:  # aiokafka would log and swallow it: the worker's loop raises it
+            worker.failed = exc
+            snapshots, rejected = {}, {}
+        # Where "the beginning" is, once retention has deleted records.
+        firsts = await consumer.beginning_offsets(list(assigned)) if assigned else {}
+        # Nothing below awaits: records the consumer fetched meanwhile from its own idea of
+        # the positions went to the state being replaced, and a seek discards the rest.
+        start = processor.reset(committed, committed, snapshots, rejected)
+        for tp in assigned:
+            key = (tp.topic, tp.partition)
+            offset = start.get(key) or firsts.get(tp, 0)
+            processor.start[key] = offset
+            if offset > processor.done.get(key, 0):
+                processor.done[key] = offset
+            consumer.seek(tp, offset)
+        worker.last_assignment = {
+            "partitions": len({p for _, p in committed}),
+            "kept": len(kept),
+            "loaded": len(snapshots),
+            "rejected": len(rejected),
+            "supporters_loaded": sum(len(states) for _, states in snapshots.values()),
+            "replaying": sum(max(c - start.get(tp, 0), 0) for tp, c in committed.items()),
+        }
+        RESTORE_LOADED.set(worker.last_assignment["supporters_loaded"])
         log.info(
             "stream.assigned",
-            partitions=len(assigned),
-            replaying=sum(committed.values()),
+            topic_partitions=len(assigned),
+            load_s=round(time.perf_counter() - started, 3),
+            **worker.last_assignment,
         )
 
 
@@ -302,11 +478,22 @@ class StreamWorker:
         tick_seconds: float = 60.0,
         consumer_settings: ConsumerSettings = CONSUMER_DEFAULTS,
         health_stale_s: float = 60.0,
+        snapshots: SnapshotStore | None = None,
+        snapshot_seconds: float = 30.0,
     ) -> None:
         """``clock`` tells the time lapse timers go by (tests move it); every
         ``tick_seconds`` of real time the worker asks what that time has caused.
-        ``health_stale_s``: the patience of the health rule (``infra.metrics.Liveness``)."""
+        ``health_stale_s``: the patience of the health rule (``infra.metrics.Liveness``).
+        ``snapshots``: where the state is saved every ``snapshot_seconds``, when partitions
+        are revoked and when the worker stops, and restored from on assignment (without it,
+        every assigned partition is rebuilt from the beginning of the log)."""
         self.bootstrap = bootstrap
+        self.snapshots = snapshots
+        self.snapshot_seconds = snapshot_seconds
+        self.committed: dict[tuple[str, int], int] = {}  # offsets known to be committed
+        self.last_assignment: dict[str, int] = {}  # partitions kept, loaded, records replayed
+        self.assigned_at: float | None = None  # time.monotonic() of the last assignment
+        self._saving: asyncio.Task[None] | None = None
         self.group_id = group_id
         self.consumer_settings = consumer_settings
         self.failed: BaseException | None = None  # raised in a rebalance callback
@@ -315,6 +502,7 @@ class StreamWorker:
         self.tick_seconds = tick_seconds
         self.processed = 0  # records folded
         self.fetched = 0  # records handed over by the consumer (some may wait in the buffer)
+        self.first_fetch_at: float | None = None  # time.time() when the first records came
         self.co_partitioned = False
         self._settling: asyncio.Task[None] | None = None
         self.liveness = Liveness("stream", health_stale_s)
@@ -337,11 +525,14 @@ class StreamWorker:
         await self.consumer.start()
         watch = GroupLagWatch(self._group_lag, self.liveness).start()
         next_tick = time.monotonic() + self.tick_seconds
+        next_snapshot = time.monotonic() + self.snapshot_seconds
         try:
             while not stop.is_set():
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=5000)
                 if self.failed is not None:
                     raise self.failed
+                if batches and self.first_fetch_at is None:
+                    self.first_fetch_at = time.time()
                 if batches or any(self.processor.buffers.values()):
                     folded = self.processor.folded
                     with BATCH_SECONDS.time():
@@ -352,7 +543,11 @@ class StreamWorker:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_seconds
                     await self._tick()
+                if time.monotonic() >= next_snapshot:
+                    next_snapshot = time.monotonic() + self.snapshot_seconds
+                    await self.snapshot()
             await self.settle()
+            await self.snapshot(wait=True)
         except Exception:
             # A bug (or a failed publish) stops the worker; the batch in flight was folded
             # before it, so it is committed once its outputs are acknowledged.
@@ -411,12 +606,16 @@ class StreamWorker:
         log.info("stream.batch", events=events, outputs=len(outputs), partitions=len(batches))
 
     async def _caught_up(self) -> set[tuple[str, int]]:
-        """The assigned topic-partitions whose every record has been handed to us."""
+        """The assigned topic-partitions whose every record has been handed to us: counted
+        from the records handed over, not from the consumer's position, which also counts
+        records it has prefetched and not yet returned."""
         done: set[tuple[str, int]] = set()
+        fetched, start = self.processor.fetched, self.processor.start
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
-            if high is not None and await self.consumer.position(tp) >= high:
-                done.add((tp.topic, tp.partition))
+            key = (tp.topic, tp.partition)
+            if high is not None and fetched.get(key, start.get(key, 0)) >= high:
+                done.add(key)
         return done
 
     async def _tick(self) -> None:
@@ -463,6 +662,7 @@ class StreamWorker:
         try:
             if offsets:
                 await self.consumer.commit(offsets)
+                self.committed.update({(tp.topic, tp.partition): o for tp, o in offsets.items()})
         except (CommitFailedError, IllegalStateError) as exc:
             # The group moved on (an eviction or a rebalance): the partitions' next owner
             # replays from the last commit, and every output it repeats is deduplicated.
@@ -473,3 +673,91 @@ class StreamWorker:
         if self._settling is not None:
             settling, self._settling = self._settling, None
             await settling
+
+    async def snapshot(self, wait: bool = False) -> None:
+        """Save the state of every partition whose outputs are committed, in the background
+        (``wait``: and wait for it, as a revoke and a stop do). A save still running from
+        before is waited for first when ``wait``, else this one is skipped."""
+        if self.snapshots is None:
+            return
+        if self._saving is not None and not self._saving.done():
+            if not wait:
+                return
+            await self._saving
+        await self.settle()
+        taken = [
+            snap
+            for p in list(self.processor.states)
+            if (snap := self.processor.take_snapshot(p, self.committed)) is not None
+        ]
+        if taken:
+            self._saving = asyncio.create_task(self._save(taken))
+        if wait and self._saving is not None:
+            saving, self._saving = self._saving, None
+            await saving
+
+    async def _save(self, taken: list[PendingSnapshot]) -> None:
+        store = self.snapshots
+        assert store is not None
+        started = time.perf_counter()
+        for snap in taken:
+            try:
+                wanted = {tp: o - 1 for tp, o in snap.offsets.items() if o > 0}
+                checks = await asyncio.to_thread(record_checks, self.bootstrap, wanted)
+                saved = await asyncio.to_thread(
+                    store.save,
+                    snap.partition,
+                    snap.offsets,
+                    {(t, p): checks.get((t, p)) for (t, p) in snap.offsets},
+                    snap.states,
+                    snap.replace,
+                    snap.expected,
+                )
+            except Exception as exc:  # the database or broker is away: the next save retries
+                log.warning("stream.snapshot_failed", partition=snap.partition, error=repr(exc))
+                self.processor.unsaved(snap)
+                continue
+            if saved:
+                self.processor.saved(snap)
+            else:
+                log.warning("stream.snapshot_refused", partition=snap.partition)
+                self.processor.unsaved(snap)
+        log.info(
+            "stream.snapshot",
+            partitions=len(taken),
+            supporters=sum(len(s.states) for s in taken),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    async def load_snapshots(
+        self, partitions: set[int], committed: dict[tuple[str, int], int]
+    ) -> tuple[
+        dict[int, tuple[dict[tuple[str, int], int], dict[str, SupporterState]]],
+        dict[int, dict[tuple[str, int], int]],
+    ]:
+        """The saved states of ``partitions`` that can be loaded: at or below the committed
+        offsets, and over the same log (the record before each offset is the one saved);
+        and the saved offsets of those that cannot."""
+        if self.snapshots is None or not partitions:
+            return {}, {}
+        store = self.snapshots
+        saved = await asyncio.to_thread(store.offsets, partitions)
+        rejected: dict[int, dict[tuple[str, int], int]] = {}
+        usable = {}
+        for p, snap in saved.items():
+            if any(offset > committed.get(tp, 0) for tp, offset in snap.offsets.items()):
+                log.warning("stream.snapshot_rejected", partition=p, reason="ahead of commits")
+                rejected[p] = snap.offsets
+            else:
+                usable[p] = snap
+        wanted = {tp: o - 1 for snap in usable.values() for tp, o in snap.offsets.items() if o > 0}
+        checks = await asyncio.to_thread(record_checks, self.bootstrap, wanted)
+        loaded = {}
+        for p, snap in usable.items():
+            if any(checks.get(tp) != snap.checks.get(tp) for tp in snap.offsets if tp in wanted):
+                log.warning("stream.snapshot_rejected", partition=p, reason="another log")
+                rejected[p] = snap.offsets
+                continue
+            encoded = await asyncio.to_thread(store.states, p)
+            loaded[p] = (snap.offsets, {sid: decode_state(data) for sid, data in encoded.items()})
+        return loaded, rejected

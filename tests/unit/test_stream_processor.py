@@ -746,6 +746,7 @@ class FakeConsumer:
         self.highwaters: dict[TopicPartition, int | None] = {}
         self.committed_offsets: dict[TopicPartition, int] = {}
         self.sought: list[TopicPartition] = []
+        self.paused: set[TopicPartition] = set()
 
     def fetched(self, batches: dict[TopicPartition, list[Message]]) -> None:
         for tp, messages in batches.items():
@@ -771,6 +772,19 @@ class FakeConsumer:
 
     async def seek_to_beginning(self, *tps: TopicPartition) -> None:
         self.sought.extend(tps)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.sought.append(tp)
+        self.positions[tp] = offset
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 0)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused = set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused = set()
 
 
 def fake_worker(
@@ -819,14 +833,19 @@ def test_the_worker_publishes_what_its_clock_says_time_has_caused() -> None:
     assert set(producer.partitions[sent_before:]) == {1}
 
 
-def test_caught_up_is_every_assigned_topic_partition_read_to_its_high_watermark() -> None:
+def test_caught_up_is_every_assigned_topic_partition_handed_over_to_its_high_watermark() -> None:
     read, behind, unknown = (TopicPartition(MEETINGS, 0), TopicPartition(SIGNUPS, 0),
                              TopicPartition(PETITIONS, 0))  # fmt: skip
-    worker, _, consumer = fake_worker(assigned={read, behind, unknown})
-    consumer.positions.update({read: 5, behind: 2})
-    consumer.highwaters.update({read: 5, behind: 3, unknown: None})  # no fetch answered yet
+    prefetched, empty = TopicPartition("event.rsvp", 0), TopicPartition("consent.changed", 0)
+    worker, _, consumer = fake_worker(assigned={read, behind, unknown, prefetched, empty})
+    worker.processor.add(MEETINGS, 0, [msg(i, attended(i)) for i in range(5)])
+    worker.processor.add(SIGNUPS, 0, [msg(0, signup()), msg(1, signup(1))])
+    # aiokafka's position counts records it has fetched ahead and not yet returned: the
+    # records handed over say what has arrived.
+    consumer.positions.update({read: 5, behind: 2, prefetched: 4})
+    consumer.highwaters.update({read: 5, behind: 3, unknown: None, prefetched: 4, empty: 0})
 
-    assert asyncio.run(worker._caught_up()) == {(MEETINGS, 0)}
+    assert asyncio.run(worker._caught_up()) == {(MEETINGS, 0), ("consent.changed", 0)}
 
 
 def test_the_worker_holds_records_until_the_co_partitioned_topics_catch_up() -> None:
