@@ -24,14 +24,14 @@ def main() -> None:
     args = parser.parse_args()
     by_topic: dict[str, list[SimpleNamespace]] = {}
     events = topic_events(args.events)
-    for event in events:
+    for event, arrived_ms in events:
         records = by_topic.setdefault(event.topic, [])
         records.append(
             SimpleNamespace(
                 offset=len(records),
                 key=event.key().encode(),
                 value=event.model_dump_json().encode(),
-                timestamp=int(event.event_time.timestamp() * 1000) + 60_000,
+                timestamp=arrived_ms,
             )
         )
     figures: dict[str, float] = {"events": len(events)}

@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from queue import Empty
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from aiokafka import AIOKafkaProducer
@@ -27,17 +27,26 @@ from producers.simulator import generate_events
 from schemas.events import INGEST_TO_TOPIC, Event, IngestEvent
 from schemas.identity import new_supporter_id
 from streams.playbook import DEFAULT_PLAYBOOK
-from streams.worker import StreamWorker
+from streams.worker import RECORDS_OUT, StreamWorker
 
 _INGEST: TypeAdapter[Any] = TypeAdapter(IngestEvent)
 
 
-def topic_events(count: int, seed: int = 5) -> list[Event]:
-    """About ``count`` realistic input events, as they appear on the input topics."""
-    raw = generate_events(max(count // 3, 1), seed=seed)
+LIVE_DAYS = 28
+"""The span of the bench's traffic: four weeks of a movement, ending as the bench starts."""
+
+
+def topic_events(count: int, seed: int = 5, now: datetime | None = None) -> list[Arrival]:
+    """About ``count`` realistic input events as they appear on the input topics, each with
+    the time it reached the broker: a few seconds after it happened, as live traffic does
+    (events dated months before they arrive are stale, and the playbook answers none of them).
+    The events span the ``LIVE_DAYS`` before ``now``."""
+    now = datetime.now(UTC) if now is None else now
+    start = now - timedelta(days=LIVE_DAYS + 1)
+    raw = generate_events(max(count // 3, 1), seed=seed, start=start, days=LIVE_DAYS)
     rng = random.Random(seed)
     ids: dict[str | None, str] = {}  # an id per email (else phone), given at first sight
-    events: list[Event] = []
+    arrivals: list[Arrival] = []
     for payload in raw[:count]:
         parsed = _INGEST.validate_python(payload)
         fields = parsed.model_dump()
@@ -45,45 +54,66 @@ def topic_events(count: int, seed: int = 5) -> list[Event]:
         if address not in ids:
             ids[address] = new_supporter_id(rng)
         fields["supporter_id"] = ids[address]
-        events.append(INGEST_TO_TOPIC[type(parsed)].model_validate(fields))
-    return events
+        event = INGEST_TO_TOPIC[type(parsed)].model_validate(fields)
+        arrived = event.event_time.timestamp() + rng.uniform(0.5, 30.0)
+        arrivals.append(Arrival(event, int(arrived * 1000)))
+    return arrivals
 
 
-async def _fill(bootstrap: str, events: list[Event]) -> None:
+class Arrival(NamedTuple):
+    event: Event
+    timestamp_ms: int
+    """The record's timestamp: when it reached the broker (Kafka's CreateTime)."""
+
+
+async def _fill(bootstrap: str, arrivals: list[Arrival]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
         futures = [
-            await producer.send(e.topic, value=e.model_dump_json().encode(), key=e.key().encode())
-            for e in events
+            await producer.send(
+                e.topic,
+                value=e.model_dump_json().encode(),
+                key=e.key().encode(),
+                timestamp_ms=at,
+            )
+            for e, at in arrivals
         ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
 
 
+def _published() -> dict[str, float]:
+    """Records the stream stage has published in this process so far, by topic."""
+    return {
+        sample.labels["topic"]: sample.value
+        for metric in RECORDS_OUT.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
 async def _drain(worker: StreamWorker, count: int, timeout_s: float) -> dict[str, float]:
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
-    started = time.perf_counter()
-    first: float | None = None
+    started, wall_started = time.perf_counter(), time.time()
     try:
         while worker.processed < count:
             if task.done():
                 task.result()
-            # From the first record fetched: records wait in the worker's buffer for the
-            # co-partitioned topics, and that wait is part of the stage's time.
-            if first is None and worker.fetched:
-                first = time.perf_counter()
             if time.perf_counter() - started > timeout_s:
                 raise TimeoutError(f"stream stage did {worker.processed}/{count} in {timeout_s}s")
             await asyncio.sleep(0.01)
-        finished = time.perf_counter()
+        finished = time.time()
     finally:
         stop.set()
         await task
+    # From the moment the first records were fetched (before they are folded): records wait
+    # in the worker's buffer for the co-partitioned topics, and that wait is the stage's time.
+    first = worker.first_fetch_at
     assert first is not None
-    return {"seconds": finished - first, "join_s": first - started}
+    return {"seconds": finished - first, "join_s": first - wall_started}
 
 
 def pipeline_throughput(
@@ -104,9 +134,17 @@ def pipeline_throughput(
         engine = engine_for(playbook)
         group = f"bench-{label}-{uuid.uuid4().hex[:8]}"
         worker = StreamWorker(bootstrap, engine, group_id=group)
+        before = _published()
         timing = asyncio.run(_drain(worker, len(events), timeout_s))
+        after = _published()
         figures[label] = round(len(events) / timing["seconds"])
         figures[f"{label}_join_s"] = round(timing["join_s"], 1)
+        # What the figure pays for: outputs an input event, by topic.
+        figures[f"{label}_outputs_per_event"] = {
+            topic: round((after[topic] - before.get(topic, 0.0)) / len(events), 3)
+            for topic in sorted(after)
+            if after[topic] > before.get(topic, 0.0)
+        }
     figures["pipeline_vs_minimal_playbook"] = round(
         figures["pipeline"] / figures["pipeline_minimal_playbook"], 2
     )
@@ -138,12 +176,12 @@ def pipeline_processes_throughput(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{processes} workers folded {sum(folded.values())}/{count}")
             try:
-                n, fetched, processed, at = queue.get(timeout=1.0)
+                n, fetched_at, processed, at = queue.get(timeout=1.0)
             except Empty:
                 continue
             folded[n] = processed
-            if first is None and fetched:
-                first = at
+            if fetched_at is not None:
+                first = fetched_at if first is None else min(first, fetched_at)
             last = at
     finally:
         stop.set()
@@ -158,12 +196,12 @@ def _stream_process(bootstrap: str, group: str, queue: Any, stop: Any, n: int) -
         worker = StreamWorker(bootstrap, engine_for(), group_id=group)
         halt = asyncio.Event()
         task = asyncio.create_task(worker.run(halt))
-        reported = (0, 0)
+        reported: tuple[float | None, int] = (None, 0)
         while not stop.is_set():
             await asyncio.sleep(0.02)
             if task.done():
                 task.result()
-            now = (worker.fetched, worker.processed)
+            now = (worker.first_fetch_at, worker.processed)
             if now != reported:
                 reported = now
                 queue.put((n, *now, time.time()))

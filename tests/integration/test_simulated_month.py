@@ -82,7 +82,7 @@ class Month:
 def simulated_month(now: datetime, id_seed: int = ID_SEED) -> Month:
     """Four weeks of simulated traffic up to a day or two before ``now``, as topic events.
 
-    Turned into topic events as infra/bench/pipeline.py ``topic_events`` does; without the
+    Turned into topic events as engage/bench/pipeline.py ``topic_events`` does; without the
     ingest API nobody's two ids are merged. An attendance "brought by" someone also credits
     them with supporter.brought, as the ingest API would. Each record reaches the log a few
     minutes after it happened (its timestamp), so no rule counts it as stale.
