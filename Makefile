@@ -31,10 +31,12 @@ lock:
 demo: $(STAMP)
 	$(BIN)/engage demo
 
-# Two pytest-xdist workers, each with its own embedded broker; the end-to-end tests marked in two
-# groups of about equal time (tests/e2e/conftest.py: ignored by xdist 3.8 under pytest 9.2).
+# Four pytest-xdist workers on the 2 cores (many tests wait on a broker or a process), each with
+# its own embedded broker. --maxschedchunk 2: xdist would otherwise hand each worker a quarter
+# of its share of consecutive tests to start with, and every end-to-end test (collected first)
+# would run on the first worker, one after another.
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 4 --maxschedchunk 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check engage producers streams consumers schemas infra tests scripts examples

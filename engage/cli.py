@@ -66,6 +66,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         supervisor.start()
         print(f"engage is up. API: {supervisor.api_url}  docs: {supervisor.api_url}/docs")
         print(f"Organisers sign in at {supervisor.api_url}/ (engage organisers password ID)")
+        print(f"Analysts: {supervisor.api_url}/charts and {supervisor.api_url}/topics")
         print(f"Kafka bootstrap: {supervisor.bootstrap}  database: {settings.sqlalchemy_url}")
         print(f"Logs: {supervisor.logs}/  Stop with Ctrl-C.", flush=True)
         supervisor.watch(stop)
@@ -114,6 +115,7 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
     from engage.metrics import serving
+    from streams.snapshots import SnapshotStore
     from streams.worker import StreamWorker
 
     worker = StreamWorker(
@@ -121,6 +123,20 @@ def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
         wiring.engine(settings),
         tick_seconds=settings.lapse_check_seconds,
         health_stale_s=settings.health_stale_s,
+        snapshots=SnapshotStore(wiring.sessions(settings)),
+        snapshot_seconds=settings.stream_snapshot_seconds,
+    )
+    with serving(settings, worker.liveness):
+        asyncio.run(_until_stopped(worker.run))
+    return 0
+
+
+def cmd_analytics(settings: Settings, args: argparse.Namespace) -> int:
+    from engage.metrics import serving
+    from streams.analytics_worker import AnalyticsWorker
+
+    worker = AnalyticsWorker(
+        _bootstrap(settings), wiring.analytics_key(settings), health_stale_s=settings.health_stale_s
     )
     with serving(settings, worker.liveness):
         asyncio.run(_until_stopped(worker.run))
@@ -247,6 +263,10 @@ def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
     sheet = Path(args.file)
     if not sheet.is_file():
         raise SystemExit(f"no such file: {sheet}")
+    if args.training is not None:
+        return _import_training_sheet(settings, args)
+    if not args.time:
+        raise SystemExit("--time: required with --meeting-id (ISO, with zone)")
     try:
         when = meeting_time(args.time)
     except ValueError as exc:
@@ -262,6 +282,44 @@ def cmd_import_csv(settings: Settings, args: argparse.Namespace) -> int:
             progress=sys.stderr.isatty(),
         )
     print(format_report(report))
+    return 0
+
+
+def _import_training_sheet(settings: Settings, args: argparse.Namespace) -> int:
+    """A training's sheet goes straight to the ledger (no API: its event names supporters by
+    id, which the import finds through the identity links); the relay publishes it."""
+    from pathlib import Path
+    from zoneinfo import ZoneInfo
+
+    from producers.training_sheet import (
+        format_training_report,
+        import_training_sheet,
+        training_name,
+        when_trained,
+    )
+
+    if args.title or args.area or args.url:
+        raise SystemExit("--title, --area and --url are for a meeting's sheet")
+    now = datetime.now(UTC)
+    zone = ZoneInfo(settings.default_timezone)
+    try:
+        name = training_name(args.training)
+    except ValueError as exc:
+        raise SystemExit(f"--training: {exc}") from None
+    try:
+        default = when_trained(args.time, "", zone, now) if args.time else None
+    except ValueError as exc:
+        raise SystemExit(f"--time: {str(exc).partition(': ')[2]}") from None
+    report = import_training_sheet(
+        wiring.sessions(settings),
+        Path(args.file),
+        name,
+        identity_key=settings.secret("identity_key"),
+        zone=zone,
+        now=now,
+        default_time=default,
+    )
+    print(format_training_report(report))
     return 0
 
 
@@ -307,10 +365,13 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.scale_only:
+        from engage.bench.restore import restore_figures
         from engage.bench.state import replay_time, state_memory
 
         figures = state_memory(args.supporters)
         figures.update(replay_time(max(round(args.replay_events / 3.4), 1)))
+        if args.restore_supporters:
+            figures.update(restore_figures(args.restore_supporters))
     else:
         require_extras("`engage bench`", "bench", "embedded", "sim")
         from engage.bench.run import run_bench
@@ -581,6 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("relay", cmd_relay, "publish the ledger to Kafka (one process of `up`)"),
         ("stream", cmd_stream, "run the stream worker (one process of `up`)"),
         ("consume", cmd_consume, "store and send nudges, store tasks (one process of `up`)"),
+        (
+            "analytics",
+            cmd_analytics,
+            "mirror events onto the analysts' analytics.* topics (one process of `up`)",
+        ),
     ):
         sub.add_parser(name, help=text).set_defaults(run=run)
     topics = sub.add_parser("topics", help="create the catalogue's topics")
@@ -606,10 +672,18 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--url", help="API base URL (default: the running pipeline's)")
     simulate.set_defaults(run=cmd_simulate)
 
-    csv_import = sub.add_parser("import-csv", help="import a meeting's sign-in sheet")
+    csv_import = sub.add_parser(
+        "import-csv", help="import a meeting's or a training's sign-in sheet"
+    )
     csv_import.add_argument("file")
-    csv_import.add_argument("--meeting-id", required=True)
-    csv_import.add_argument("--time", required=True, help="ISO time of the meeting, with zone")
+    sheet_of = csv_import.add_mutually_exclusive_group(required=True)
+    sheet_of.add_argument("--meeting-id")
+    sheet_of.add_argument("--training", help="the training's name: its sheet's people trained")
+    csv_import.add_argument(
+        "--time",
+        help="ISO time of the meeting, with zone; of a training, the day (or day and time) of"
+        " rows with no date column or a blank date",
+    )
     csv_import.add_argument("--title")
     csv_import.add_argument("--area")
     csv_import.add_argument("--url")
@@ -648,6 +722,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--supporters", type=int, default=1_000_000, help="with --scale-only")
     bench.add_argument("--replay-events", type=int, default=1_000_000, help="with --scale-only")
+    bench.add_argument(
+        "--restore-supporters",
+        type=int,
+        default=100_000,
+        help="with --scale-only: supporters of the restore-vs-full-replay figures (0: skip)",
+    )
     bench.set_defaults(run=cmd_bench)
     demo = sub.add_parser("demo", help="start everything, simulate traffic, watch it flow")
     demo.add_argument("--supporters", type=int, default=300)
@@ -730,6 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
     from engage.organising import add_commands as add_organising_commands
 
     add_organising_commands(sub)
+    # The analysts' mart: engage mart run|rebuild|export (engage/mart.py).
+    from engage.mart import add_commands as add_mart_commands
+
+    add_mart_commands(sub)
     export = sub.add_parser(
         "schemas",
         help="write each topic's JSON Schema and the AsyncAPI document; release the schemas",

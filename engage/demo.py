@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import yaml
 from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console, Group
 from rich.live import Live
@@ -29,6 +30,7 @@ from infra.db import Group as DbGroup
 from infra.db import Organiser as DbOrganiser
 from infra.settings import Settings
 from schemas.catalogue import TOPICS
+from streams.playbook import DEFAULT_PLAYBOOK
 
 
 def _mask(address: str) -> str:
@@ -154,6 +156,7 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
 
     console = Console()
     settings, quiet_note = _demo_quiet_hours(settings, datetime.now(UTC))
+    settings, holdout_note = _demo_holdouts(settings)
     supervisor = Supervisor(settings)
     console.print("[bold]Starting the pipeline on the embedded broker…[/bold]")
     report: dict[str, Any] = {}
@@ -171,8 +174,9 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
             )
         report["result"] = result
 
-    if quiet_note:
-        console.print(quiet_note)
+    for note in (quiet_note, holdout_note):
+        if note:
+            console.print(note)
     sender = threading.Thread(target=traffic, name="simulate", daemon=True)
     view: LiveView | None = None
     snap: dict[str, Any] = {}
@@ -245,6 +249,9 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
         f"{engage} up          keep the pipeline running; API docs at <api>/docs",
         f"{engage} simulate --supporters 500   more traffic into a running pipeline",
         f"{engage} status      topics, message counts and consumer lag",
+        f"{engage} up, then {settings.public_url}/charts   the analysts' charts: the ladder"
+        " week by week, nudges and what became of them, each rule's lift over its hold-out group",
+        f"{engage} mart export --format parquet   the analysts' mart, a file per table",
         f"{supervisor.logs}/   each process's log",
     ):
         console.print(f"  {line}")
@@ -320,6 +327,32 @@ def _demo_quiet_hours(settings: Settings, now: datetime) -> tuple[Settings, str 
         "(the default is 21:00-09:00; ENGAGE_SMS_QUIET_HOURS sets it)."
     )
     return settings.model_copy(update={"sms_quiet_hours": window}), note
+
+
+DEMO_HOLDOUTS = {"welcome": 20, "first-meeting-follow-up": 20, "invite-signer": 20}
+"""Hold-out percentages the demo gives rules, so that /charts has nudged and held-out people
+to compare after a few hundred simulated supporters (the default playbook holds out 10% of
+one rule, which a demo's numbers rarely reach)."""
+
+
+def _demo_holdouts(settings: Settings) -> tuple[Settings, str | None]:
+    """Unless ENGAGE_PLAYBOOK is set, the demo runs the default playbook with larger hold-out
+    groups (``DEMO_HOLDOUTS``), written to ``demo-playbook.yaml`` in its home, and says so."""
+    if settings.playbook is not None:
+        return settings, None
+    document = yaml.safe_load(DEFAULT_PLAYBOOK.read_text())
+    for rule in document["rules"]:
+        if rule["name"] in DEMO_HOLDOUTS:
+            rule["holdout_percent"] = DEMO_HOLDOUTS[rule["name"]]
+    path = settings.home / "demo-playbook.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    held = ", ".join(f"{name} {percent}%" for name, percent in DEMO_HOLDOUTS.items())
+    note = (
+        f"For this demo the default playbook holds out more people ({held}; {path}), so the"
+        " charts can compare nudged and held-out supporters (ENGAGE_PLAYBOOK sets the playbook)."
+    )
+    return settings.model_copy(update={"playbook": path}), note
 
 
 def _opt_outs_then_reimport(console: Console, settings: Settings, supervisor: Supervisor) -> None:

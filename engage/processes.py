@@ -37,7 +37,7 @@ log = structlog.get_logger(__name__)
 PARENT_ENV = "ENGAGE_PARENT_PID"
 RETENTION_RETRY_S = 600.0
 """After the database refused a retention run (unreachable, locked), the next try."""
-KAFKA_ROLES = ("relay", "stream", "consume")
+KAFKA_ROLES = ("relay", "stream", "consume", "analytics", "mart")
 ROLES = ("api", *KAFKA_ROLES)
 
 

@@ -15,13 +15,20 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers import runner as sinks
+from consumers.mart import sink as mart
 from infra.db import FollowUpTask, LedgerEvent, Nudge
 from infra.topic_reader import end_offsets, group_lags
 from schemas.catalogue import TOPICS
+from streams import analytics_worker as analytics
 from streams import worker as stream
 
 GROUPS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {stream.GROUP: tuple(stream.SUBSCRIBED), sinks.GROUP: tuple(sinks.TOPICS)}
+    {
+        stream.GROUP: tuple(stream.SUBSCRIBED),
+        sinks.GROUP: tuple(sinks.TOPICS),
+        analytics.GROUP: analytics.SUBSCRIBED,
+        mart.GROUP: mart.TOPICS,
+    }
 )
 """Each worker's consumer group and the topics it reads, as the workers declare them."""
 

@@ -14,6 +14,7 @@ from engage import wiring
 from engage.catalogue import catalogue_router
 from engage.erasure import erasure_router
 from engage.export import export_router
+from engage.mart import charts_routes
 from engage.organising import STATIC, organiser_routers
 from infra.metrics import exposition
 from infra.settings import Settings
@@ -77,6 +78,8 @@ def create_app(settings: Settings) -> FastAPI:
     # The organisers' pages (/, /sign-in, /queue...) and JSON endpoints (/v1/organisers/...).
     for router in organiser_routers(settings, sessions, engine):
         app.include_router(router)
+    # The analysts' charts (/charts) from the mart, Vega's JavaScript served by the app.
+    app.include_router(charts_routes(settings, sessions))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health", tags=["ops"])

@@ -19,8 +19,14 @@ from consumers.ratelimit import RateLimit
 from consumers.rendering import TemplateBook
 from infra.db import make_engine, session_factory
 from infra.settings import Settings
+from streams.analytics import AnalyticsKey
 from streams.engagement import Engine
 from streams.playbook import DEFAULT_PLAYBOOK, load_playbook
+
+
+def analytics_key(settings: Settings) -> AnalyticsKey:
+    """The analysts' pseudonym key (generated under home unless set) and its id."""
+    return AnalyticsKey(settings.secret("analytics_key"), settings.analytics_key_id)
 
 
 def sessions(settings: Settings) -> sessionmaker[Session]:

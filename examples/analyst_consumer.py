@@ -12,7 +12,7 @@ batch's base offset + 1: a client that stops there misses records (docs/analysts
 high watermark is right on Tansu and on Apache Kafka alike.
 
     pip install -c constraints.txt -e '.[analyst]'      # confluent-kafka, jsonschema-rs
-    python examples/analyst_consumer.py --topic engagement.scored --out scored.jsonl
+    python examples/analyst_consumer.py --topic analytics.actions --out actions.jsonl
 
 Without --bootstrap and --api it finds the running pipeline (`engage up`) through
 ENGAGE_HOME/run.json (default ./.engage).
@@ -126,7 +126,9 @@ def replay(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--topic", default="engagement.scored")
+    parser.add_argument(
+        "--topic", default="analytics.scores", help="an analytics.* topic (docs/analysts.md)"
+    )
     parser.add_argument("--group", default=f"analyst-{getpass.getuser()}")
     parser.add_argument("--bootstrap", help="Kafka bootstrap (default: the running pipeline's)")
     parser.add_argument("--api", help="the app's base URL (default: the running pipeline's)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Dialect,
     Engine,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     Uuid,
@@ -466,3 +468,118 @@ class Erasure(Base):
     """True when the subject had been erased before (this request found nothing left)."""
     rows: Mapped[dict[str, int]] = mapped_column(JSON)
     """Rows changed per table, e.g. ``{"supporters": 1, "ledger": 12, "nudges": 2}``."""
+
+
+# --- the analysts' mart (consumers/mart/ is its one writer; docs/analysts.md, "The mart") ----
+
+
+class MartEvent(Base):
+    """The fact table: one row per ``analytics.actions`` record (what a person did), keyed by
+    the source event's id; ``day`` and ``week`` (its Monday) are of the event time, in UTC."""
+
+    __tablename__ = "mart_events"
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    person: Mapped[str] = mapped_column(String(40), index=True)
+    key_id: Mapped[str] = mapped_column(String(40))
+    type: Mapped[str] = mapped_column(String(40))
+    event_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    day: Mapped[date] = mapped_column(Date)
+    week: Mapped[date] = mapped_column(Date, index=True)
+    district: Mapped[str | None] = mapped_column(String(8))
+    area: Mapped[str | None] = mapped_column(String(100))
+    source: Mapped[str | None] = mapped_column(String(100))
+    petition_id: Mapped[str | None] = mapped_column(String(200))
+    meeting_id: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str | None] = mapped_column(String(20))
+    training: Mapped[str | None] = mapped_column(String(200))
+    task_id: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str | None] = mapped_column(String(30))
+    commitment: Mapped[str | None] = mapped_column(String(30))
+    channel: Mapped[str | None] = mapped_column(String(10))
+    granted: Mapped[bool | None] = mapped_column(Boolean)
+
+    __table_args__ = (Index("ix_mart_events_person_time", "person", "event_time"),)
+
+
+class MartSupporterDay(Base):
+    """A person's last score and rung of each day their score changed (from
+    ``analytics.scores``); a day without a row means no change: the previous row holds."""
+
+    __tablename__ = "mart_supporter_days"
+    person: Mapped[str] = mapped_column(String(40), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    week: Mapped[date] = mapped_column(Date)
+    rung: Mapped[str] = mapped_column(String(100))
+    score: Mapped[float] = mapped_column(Float)
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime)
+    """The event time of the score kept: a later one the same day replaces it."""
+
+
+class MartMessage(Base):
+    """What became of each nudge: its request (``analytics.nudges``) and its newest status
+    (``analytics.messages``); either may arrive first, so each half may be null for a while."""
+
+    __tablename__ = "mart_messages"
+    nudge_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    person: Mapped[str] = mapped_column(String(40), index=True)
+    rule: Mapped[str | None] = mapped_column(String(200))
+    channel: Mapped[str | None] = mapped_column(String(10))
+    template: Mapped[str | None] = mapped_column(String(200))
+    holdout: Mapped[bool | None] = mapped_column(Boolean)
+    requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    requested_week: Mapped[date | None] = mapped_column(Date)
+    status: Mapped[str | None] = mapped_column(String(20))
+    reason_code: Mapped[str | None] = mapped_column(String(40))
+    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class MartTask(Base):
+    """Each follow-up task (``analytics.tasks``) and its newest outcome (``analytics.actions``
+    of type ``task.outcome`` with its ``task_id``); either may arrive first."""
+
+    __tablename__ = "mart_tasks"
+    task_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    person: Mapped[str] = mapped_column(String(40), index=True)
+    kind: Mapped[str | None] = mapped_column(String(100))
+    rule: Mapped[str | None] = mapped_column(String(200))
+    priority: Mapped[str | None] = mapped_column(String(10))
+    holdout: Mapped[bool | None] = mapped_column(Boolean)
+    area: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_week: Mapped[date | None] = mapped_column(Date)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(30))
+    commitment: Mapped[str | None] = mapped_column(String(30))
+    outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class MartErasure(Base):
+    """A person erased (``analytics.erased``): their rows are deleted and none that arrives
+    later for this pseudonym is kept. Holds the pseudonym alone, no fact about them."""
+
+    __tablename__ = "mart_erasures"
+    person: Mapped[str] = mapped_column(String(40), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StreamState(Base):
+    """A snapshot of the stream's per-supporter state (``streams/snapshots.py``, its one
+    writer): the state of each supporter of a partition, encoded by
+    ``streams.engagement.encode_state``, as of the input offsets in ``stream_state_offsets``."""
+
+    __tablename__ = "stream_state"
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    supporter_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class StreamStateOffset(Base):
+    """The input offset a partition's snapshot reflects, per input topic, with a check of the
+    record before it (its timestamp and CRC), so a snapshot is never loaded over another log."""
+
+    __tablename__ = "stream_state_offsets"
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    check: Mapped[str | None] = mapped_column(String(40))
+    saved_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -61,6 +61,18 @@ class Settings(BaseSettings):
     identity_key: SecretStr | None = Field(
         default=None, description="Key of the supporter-id hash; generated under home if unset."
     )
+    analytics_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the analysts' pseudonyms on the analytics.* topics (HMAC-SHA256);"
+        " generated under home if unset. Rotate it with analytics_key_id (docs/analysts.md).",
+    )
+    analytics_key_id: str = Field(
+        default="k1",
+        min_length=1,
+        max_length=40,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Which analytics key is in use: carried on every analytics record as key_id.",
+    )
     max_batch: int = Field(default=1000, ge=1, description="Most events in one ingest request.")
     playbook: Path | None = Field(
         default=None,
@@ -71,6 +83,9 @@ class Settings(BaseSettings):
     )
     lapse_check_seconds: float = Field(
         default=60.0, gt=0, description="How often the stream looks for lapses and falling rungs."
+    )
+    stream_snapshot_seconds: float = Field(
+        default=30.0, gt=0, description="How often the stream saves its state (snapshots)."
     )
     org_name: str = "Grassroots Together"
     public_url: str = Field(default="http://127.0.0.1:8000", description="Base of opt-out links.")
@@ -252,7 +267,7 @@ class Settings(BaseSettings):
                 create_secret_file(self.home / name)
 
 
-GENERATED_SECRETS = ("api_token", "identity_key")
+GENERATED_SECRETS = ("api_token", "identity_key", "analytics_key")
 
 
 def create_secret_file(path: Path) -> bool:

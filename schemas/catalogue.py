@@ -8,6 +8,12 @@ from typing import Any
 
 from schemas.events import (
     INPUT_EVENT_TYPES,
+    AnalyticsAction,
+    AnalyticsErased,
+    AnalyticsMessage,
+    AnalyticsNudge,
+    AnalyticsScore,
+    AnalyticsTask,
     ConsentChanged,
     DeadLetter,
     EmailClicked,
@@ -112,8 +118,44 @@ TOPICS: tuple[TopicSpec, ...] = (
         "nudges",
     ),
     TopicSpec("deadletter", DeadLetter, "Events that could not be processed.", "deadletter"),
+    TopicSpec(
+        "analytics.actions",
+        AnalyticsAction,
+        "For analysts: what a person did (pseudonym, district and area, the event's facts).",
+    ),
+    TopicSpec(
+        "analytics.scores",
+        AnalyticsScore,
+        "For analysts: a person's score and rung after each event (pseudonym).",
+        "scores",
+    ),
+    TopicSpec(
+        "analytics.nudges",
+        AnalyticsNudge,
+        "For analysts: each nudge a rule asked for, with its rule and hold-out group.",
+        "nudges",
+    ),
+    TopicSpec(
+        "analytics.messages",
+        AnalyticsMessage,
+        "For analysts: what became of each nudge (status, reason code).",
+        "nudges",
+    ),
+    TopicSpec(
+        "analytics.tasks",
+        AnalyticsTask,
+        "For analysts: each follow-up task a rule asked for, with its rule and hold-out group.",
+        "nudges",
+    ),
+    TopicSpec(
+        "analytics.erased",
+        AnalyticsErased,
+        "For analysts: a person was erased; delete every row of that pseudonym.",
+        "forever",
+    ),
 )
 INPUT_TOPICS: tuple[str, ...] = tuple(t.name for t in TOPICS if t.name in INPUT_EVENT_TYPES)
+ANALYTICS_TOPICS: tuple[str, ...] = tuple(t.name for t in TOPICS if t.name.startswith("analytics."))
 
 
 def with_retention(

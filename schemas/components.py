@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.catalogue import INPUT_TOPICS
+from schemas.catalogue import ANALYTICS_TOPICS, INPUT_TOPICS
 from schemas.events import (
     ConsentChanged,
     DeadLetter,
@@ -74,6 +74,16 @@ COMPONENTS: tuple[Component, ...] = (
             SupporterBrought.topic,
             IdentityMerged.topic,
         ),
+    ),
+    Component(
+        "training-sheets",
+        "Training sign-in sheets",
+        "producers/training_sheet.py, producers/ledger.py",
+        "`engage import-csv --training NAME`: each person on a training's sign-in sheet, found"
+        " by contact details as the ingest API finds them (someone not seen before becomes a"
+        " supporter), gets a training.completed; a sheet that shows two ids are one person"
+        " merges them.",
+        produces=(TrainingCompleted.topic, IdentityMerged.topic),
     ),
     Component(
         "opt-out-links",
@@ -147,6 +157,46 @@ COMPONENTS: tuple[Component, ...] = (
         produces=(DeadLetter.topic,),
         consumes=(NudgeRequested.topic, TaskCreated.topic, EngagementScored.topic),
         group="engage-consumers",
+        via_ledger=False,
+    ),
+    Component(
+        "analytics",
+        "Analytics stream",
+        "streams/analytics.py, streams/analytics_worker.py",
+        "Mirrors what people did and what the pipeline decided onto the analytics.* topics for"
+        " analysts: the person as a pseudonym under the analytics key (not the supporter id),"
+        " postcode district and area, the event's facts, the rule and hold-out group of each"
+        " nudge and task; no contact details, no free text. Records it cannot read go to the"
+        " dead letters.",
+        produces=(*ANALYTICS_TOPICS, DeadLetter.topic),
+        consumes=(
+            *INPUT_TOPICS,
+            EngagementScored.topic,
+            NudgeRequested.topic,
+            TaskCreated.topic,
+            MessageStatus.topic,
+        ),
+        group="engage-analytics",
+        via_ledger=False,
+    ),
+    Component(
+        "mart",
+        "Analysts' mart",
+        "consumers/mart/",
+        "Keeps the analytics.* topics as tables for analysts (idempotent on each record's"
+        " event_id or natural id); deletes every row of a person on analytics.erased.",
+        produces=(DeadLetter.topic,),
+        consumes=ANALYTICS_TOPICS,
+        group="engage-mart",
+        via_ledger=False,
+    ),
+    Component(
+        "analysts",
+        "Analysts' own clients",
+        "examples/analyst_consumer.py",
+        "Analysts subscribe to the analytics.* topics with their own client and consumer group"
+        " (docs/analysts.md); the example uses confluent-kafka.",
+        consumes=ANALYTICS_TOPICS,
         via_ledger=False,
     ),
     Component(

@@ -704,6 +704,149 @@ class DeadLetter(Event):
     consumer: str
 
 
+Person = Annotated[str, Field(pattern=r"^p_[0-9a-f]{32}$")]
+KeyId = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
+ActionType = Literal[
+    "supporter.signup",
+    "petition.signed",
+    "event.rsvp",
+    "event.attended",
+    "event.no_show",
+    "training.completed",
+    "task.outcome",
+    "email.clicked",
+    "consent.changed",
+    "supporter.brought",
+]
+"""The input event types an ``analytics.actions`` record can mirror."""
+
+
+class AnalyticsRecord(Event):
+    """Fields every ``analytics.*`` record has: the source record's ``event_id`` and
+    ``event_time``, and the person as a pseudonym under the analytics key, never the
+    supporter id, an address, a name or free text."""
+
+    key_field: ClassVar[str] = "person"
+    event_id: uuid.UUID = Field(
+        description="The source record's event_id: deduplicate on it (one analytics record"
+        " per source record and topic)."
+    )
+    event_time: AwareDatetime = Field(description="The source record's event time.")
+    person: Person = Field(
+        description='"p_" and the first 128 bits (hex) of HMAC-SHA256(analytics key,'
+        " supporter id): the same person has the same pseudonym under one key, on every"
+        " analytics topic."
+    )
+    key_id: KeyId = Field(
+        description="Which analytics key made the pseudonym; a new key id means new"
+        " pseudonyms, not linkable to the old ones."
+    )
+
+
+class AnalyticsAction(AnalyticsRecord):
+    """What a person did (an input event), with coarse geography and its facts; a fact that
+    does not apply to the type is null. ``event_id`` is the input event's."""
+
+    topic = "analytics.actions"
+    type: ActionType = Field(description="The source event type.")
+    district: District | None = Field(
+        default=None, description="Postcode district (the outward code: E1, SW9, M14)."
+    )
+    area: str | None = Field(default=None, max_length=100, description="Local group or area.")
+    source: str | None = Field(
+        default=None, max_length=100, description="Where a signup or a consent change came from."
+    )
+    petition_id: str | None = Field(default=None, max_length=200)
+    meeting_id: str | None = Field(
+        default=None, max_length=200, description="RSVP, attended, no-show, brought someone."
+    )
+    role: Literal["attendee", "host"] | None = Field(
+        default=None, description="At a meeting attended."
+    )
+    training: str | None = Field(default=None, max_length=200)
+    task_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The follow-up an outcome is about (supporter ids in it pseudonymised).",
+    )
+    outcome: OutcomeValue | None = None
+    commitment: Commitment | None = None
+    channel: Literal["email", "sms"] | None = Field(
+        default=None, description="Of a consent change."
+    )
+    granted: bool | None = Field(default=None, description="Of a consent change.")
+
+
+class AnalyticsScore(AnalyticsRecord):
+    """A person's score and rung after an event (from ``engagement.scored``)."""
+
+    topic = "analytics.scores"
+    score: float = Field(allow_inf_nan=False)
+    rung: str = Field(min_length=1, max_length=100)
+    previous_rung: str | None = None
+    cause_event_id: uuid.UUID
+
+
+class AnalyticsNudge(AnalyticsRecord):
+    """A message a rule asked for (from ``nudge.requested``), or recorded for its hold-out
+    group (``holdout``: never sent); ``nudge_id`` joins ``analytics.messages``."""
+
+    topic = "analytics.nudges"
+    nudge_id: ShortText = Field(description="Supporter ids in it pseudonymised.")
+    rule: ShortText
+    channel: Literal["email", "sms"]
+    template: ShortText
+    holdout: bool
+    cause_event_id: uuid.UUID
+
+
+class AnalyticsMessage(AnalyticsRecord):
+    """What became of a nudge (from ``message.status``): the sender's decision and the
+    provider's reports."""
+
+    topic = "analytics.messages"
+    nudge_id: ShortText = Field(description="Supporter ids in it pseudonymised.")
+    channel: Literal["email", "sms"]
+    rule: str | None = Field(default=None, max_length=200)
+    status: MessageState
+    reason_code: str | None = Field(default=None, max_length=40)
+
+
+class AnalyticsTask(AnalyticsRecord):
+    """An organiser follow-up a rule asked for (from ``task.created``), or recorded for its
+    hold-out group (``holdout``: not queued)."""
+
+    topic = "analytics.tasks"
+    task_id: ShortText = Field(description="Supporter ids in it pseudonymised.")
+    kind: str = Field(min_length=1, max_length=100)
+    rule: ShortText
+    priority: Literal["high", "normal", "low"]
+    holdout: bool
+    due_at: AwareDatetime
+    area: str | None = Field(default=None, max_length=100)
+    cause_event_id: uuid.UUID
+
+
+class AnalyticsErased(AnalyticsRecord):
+    """The person was erased (from ``supporter.erased``): a sink deletes every row it holds
+    of this ``person`` and keeps none that arrives for them later."""
+
+    topic = "analytics.erased"
+
+
+ANALYTICS_EVENT_TYPES: dict[str, type[AnalyticsRecord]] = {
+    m.topic: m
+    for m in (
+        AnalyticsAction,
+        AnalyticsScore,
+        AnalyticsNudge,
+        AnalyticsMessage,
+        AnalyticsTask,
+        AnalyticsErased,
+    )
+}
+
+
 INPUT_EVENT_TYPES: dict[str, type[Event]] = {
     m.topic: m
     for m in (
@@ -734,6 +877,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
             DeadLetter,
         )
     },
+    **ANALYTICS_EVENT_TYPES,
 }
 
 

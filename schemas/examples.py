@@ -18,6 +18,7 @@ SUPPORTER = "sup_6f1c2a9e4b7d4e0a8c3b5d7e9f1a2b3c"
 OTHER_SUPPORTER = "sup_0b9e8d7c6b5a49382716f5e4d3c2b1a0"
 MEETING = "hackney-2025-03-06"
 CAUSE = "0f4a6c2e-8b1d-4f3a-9c5e-7d2b4a6c8e0f"
+PERSON = "p_3e9a1c7b5d2f4a6e8c0b1d3f5a7e9c2b"
 
 FIXED: dict[str, Any] = {
     "event_time": "2025-03-06T21:15:00Z",
@@ -71,6 +72,8 @@ FIXED: dict[str, Any] = {
     "error": "event_time: Input should have timezone info",
     "payload": '{"supporter_id": "' + SUPPORTER + '", "event_time": "2025-03-06T21:15:00"}',
     "consumer": "stream",
+    "person": PERSON,
+    "key_id": "k1",
 }
 """A value per field name, for whichever models have the field."""
 
@@ -94,6 +97,30 @@ PER_TOPIC: dict[str, dict[str, Any]] = {
         "rule": "first-meeting-follow-up",
     },
     "message.status": {"reason": None, "rule": "first-meeting-thanks"},
+    "analytics.actions": {
+        "type": "event.attended",
+        **dict.fromkeys(
+            (
+                "source",
+                "petition_id",
+                "training",
+                "task_id",
+                "outcome",
+                "commitment",
+                "channel",
+                "granted",
+            )
+        ),
+    },
+    "analytics.nudges": {"nudge_id": f"first-meeting-thanks:{PERSON}"},
+    "analytics.messages": {
+        "nudge_id": f"first-meeting-thanks:{PERSON}",
+        "rule": "first-meeting-thanks",
+    },
+    "analytics.tasks": {
+        "task_id": f"first-meeting-follow-up:{PERSON}",
+        "rule": "first-meeting-follow-up",
+    },
 }
 """Where a field name means something else in one topic."""
 

@@ -117,16 +117,6 @@ def _pipeline(tmp_path: Path, database_url: str | None) -> Iterator[Pipeline]:
                 process.kill()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each end-to-end test starts a whole pipeline (a broker, the API, the workers): under
-    pytest-xdist (`--dist loadgroup`) they all go to one worker, one at a time, so two never
-    compete for the 2 cores while the other worker runs the lighter tiers."""
-    here = Path(__file__).resolve().parent
-    for item in items:
-        if here in Path(item.path).resolve().parents:
-            item.add_marker(pytest.mark.xdist_group("e2e"))
-
-
 def first_journey(day: datetime, person: dict[str, str]) -> list[dict[str, Any]]:
     """A signup with consent to both channels, a petition an hour later and a first meeting a
     day later, as the ingest API takes them: two nudges and a follow-up task."""

@@ -57,7 +57,7 @@ def test_events_posted_over_http_become_nudges_and_a_task(pipeline: Pipeline) ->
 
 def test_sigterm_stops_everything_within_ten_seconds(pipeline: Pipeline) -> None:
     pids = pipeline.run["pids"]
-    assert set(pids) == {"api", "relay", "stream", "consume", "broker"}
+    assert set(pids) == {"api", "relay", "stream", "consume", "analytics", "mart", "broker"}
     took = pipeline.stop(signal.SIGTERM)
     assert took < 10
     left = [role for role, pid in pids.items() if alive(pid)]
@@ -88,7 +88,8 @@ def test_nothing_accepted_is_lost_when_each_process_is_killed(pipeline: Pipeline
         done = (
             status["ledger"]["unpublished"] == 0
             and status["nudges"].get("pending", 0) == 0
-            and status["consumer_lag"] == {"engage-stream": 0, "engage-consumers": 0}
+            and status["consumer_lag"]
+            == {"engage-stream": 0, "engage-consumers": 0, "engage-analytics": 0, "engage-mart": 0}
         )
         return status if done else None
 

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import Engine
+from sqlalchemy import Engine, MetaData, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import engage.webapp
@@ -54,19 +56,107 @@ def stub_providers(monkeypatch: pytest.MonkeyPatch) -> Iterator[StubProviders]:
 )
 def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     """A URL of an empty database: a SQLite file, or a fresh PostgreSQL schema dropped after
-    (see tests.databases.fresh_pg_schema)."""
+    (see tests.databases.fresh_pg_schema).
+
+    A test that asks for ``engine`` (a migrated database) gets on PostgreSQL the worker's
+    migrated schema instead, emptied first (see ``_migrated_postgresql``); on SQLite ``engine``
+    copies a migrated file into place.
+    """
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'engage.db'}"
+        return
+    if "engine" in request.fixturenames:
+        migrated: MigratedSchema = request.getfixturevalue("_migrated_postgresql")
+        migrated.empty()
+        yield migrated.url
         return
     with fresh_pg_schema() as url:
         yield url
 
 
+@pytest.fixture(scope="session")
+def _migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to the newest revision once per worker: ``engine`` copies it
+    rather than migrating every test's file again (the same bytes, a tenth of the time)."""
+    path = tmp_path_factory.mktemp("migrated") / "engage.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()  # the last connection's close checkpoints the WAL into the file
+    assert not path.with_name(path.name + "-wal").exists(), "the migrated file is incomplete"
+    return path
+
+
+class MigratedSchema:
+    """A PostgreSQL schema migrated once per worker, emptied before each test that uses it.
+
+    Emptying deletes every row of every table but ``alembic_version`` (dependent tables
+    first) and restarts every sequence: the test finds the tables, constraints and sequences
+    a fresh migration gives, with no row, in milliseconds rather than a migration's 0.2 s.
+    Tests in one worker run one at a time, and each disposes of its engines at teardown.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = make_engine(url)
+        migrate(self._engine)
+        tables = MetaData()
+        tables.reflect(self._engine)
+        with self._engine.connect() as connection:
+            sequences = connection.scalars(
+                text(
+                    "SELECT sequence_name FROM information_schema.sequences"
+                    " WHERE sequence_schema = current_schema()"
+                )
+            ).all()
+        self._statements = [
+            f'DELETE FROM "{table.name}"'
+            for table in reversed(tables.sorted_tables)
+            if table.name != "alembic_version"
+        ] + [f'ALTER SEQUENCE "{sequence}" RESTART' for sequence in sequences]
+
+    def empty(self) -> None:
+        with self._engine.begin() as connection:
+            # A test that left a transaction open must fail here, not hang the suite.
+            connection.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+            for statement in self._statements:
+                connection.exec_driver_sql(statement)
+
+    def dispose(self) -> None:
+        self._engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _migrated_postgresql() -> Iterator[MigratedSchema]:
+    with fresh_pg_schema() as url:
+        migrated = MigratedSchema(url)
+        try:
+            yield migrated
+        finally:
+            migrated.dispose()
+
+
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """An engine on the test's database, migrated to the newest revision."""
+def engine(database_url: str, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """An engine on the test's database, migrated to the newest revision.
+
+    SQLite: a copy of the worker's migrated file when the test's file does not exist yet;
+    PostgreSQL: the worker's migrated schema, which ``database_url`` emptied. Anything else
+    (a file a module's own ``database_url`` made, another URL) is migrated here.
+    """
+    migrated = False
+    if database_url.startswith("sqlite:///"):
+        path = Path(database_url.removeprefix("sqlite:///"))
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(request.getfixturevalue("_migrated_sqlite"), path)
+            migrated = True
+    elif "_migrated_postgresql" in request.fixturenames:
+        migrated = database_url == request.getfixturevalue("_migrated_postgresql").url
     engine = make_engine(database_url)
-    migrate(engine)
+    if not migrated:
+        migrate(engine)
     yield engine
     engine.dispose()
 
@@ -208,7 +298,8 @@ def api(
 
 
 def _wait_for_health(base_url: str, timeout_s: float = 10.0) -> None:
-    with httpx.Client(base_url=base_url, trust_env=False, timeout=1.0) as client:
+    # Plain HTTP on loopback: verify=False spares building a TLS context (15 ms) per test.
+    with httpx.Client(base_url=base_url, trust_env=False, timeout=1.0, verify=False) as client:
 
         def healthy() -> bool:
             try:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from infra.broker import EmbeddedBroker
-from schemas.events import EngagementScored
+from schemas.events import AnalyticsScore
 from tests.integration.publishing import listed_end_offsets, publish_in_bursts
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "analyst_consumer.py"
@@ -27,14 +27,15 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'engage.db'}"
 
 
-def _scored(n: int) -> EngagementScored:
-    return EngagementScored(
+def _scored(n: int) -> AnalyticsScore:
+    return AnalyticsScore(
+        event_id=uuid.uuid4(),
         event_time=datetime(2025, 3, 6, tzinfo=UTC) + timedelta(minutes=n),
-        supporter_id=f"sup_{n:032x}",
+        person=f"p_{n:032x}",
+        key_id="k1",
         score=1.5 * n,
         rung="supporter",
         cause_event_id=uuid.uuid4(),
-        half_life_days=90.0,
     )
 
 
@@ -50,7 +51,7 @@ def _run(api: str, bootstrap: str, topic: str, group: str, out: Path) -> tuple[i
             "--topic",
             topic,
             "--schema-url",
-            f"{api}/schemas/engagement.scored.json",
+            f"{api}/schemas/analytics.scores.json",
             "--group",
             group,
             "--out",
@@ -80,7 +81,7 @@ def test_the_example_reads_every_record_to_the_fetch_high_watermark_and_validate
         (n % 2, s.key().encode(), s.model_dump_json().encode()) for n, s in enumerate(scores)
     ]
     bad = {**json.loads(scores[0].model_dump_json()), "score": "high"}
-    records.append((1, b"sup_bad", json.dumps(bad).encode()))
+    records.append((1, b"p_bad", json.dumps(bad).encode()))
     publish_in_bursts(broker.bootstrap, topic, records, burst=10)
     listed = listed_end_offsets(broker.bootstrap, topic)
     assert sum(listed.values()) < len(records)  # the broker's ListOffsets quirk is there

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from argon2 import PasswordHasher
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import engage.webapp
 import engage.wiring
-from consumers.organising import directory
+from consumers.organising import directory, passwords
 from consumers.organising.accounts import start_session
 from consumers.organising.web import CSRF_HEADER, SESSION_COOKIE
 from consumers.repository import store_tasks
@@ -95,6 +96,19 @@ CONFORMS = [
 def database_url(tmp_path: Path) -> str:
     """SQLite only: what the document promises does not depend on the database."""
     return f"sqlite:///{tmp_path / 'engage.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _quick_hashes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """argon2id with small parameters: the organiser's password is hashed for every test and
+    checked at every generated sign-in, and the answers' shape does not depend on the cost
+    (the app's own parameters: tests/unit/test_organiser_sign_in.py)."""
+    monkeypatch.setattr(
+        passwords, "_HASHER", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    )
+    passwords._dummy_hash.cache_clear()  # an unknown id's dummy hash: made with these too
+    yield
+    passwords._dummy_hash.cache_clear()
 
 
 @pytest.fixture

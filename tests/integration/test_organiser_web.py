@@ -80,12 +80,15 @@ def database_url(tmp_path: Any) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _quick_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+def _quick_hashes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """argon2id with small parameters, so that the dozens of sign-ins here take milliseconds
     (the app's own parameters: tests/unit/test_organiser_sign_in.py)."""
     monkeypatch.setattr(
         passwords, "_HASHER", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     )
+    passwords._dummy_hash.cache_clear()  # an unknown id's dummy hash: made with these too
+    yield
+    passwords._dummy_hash.cache_clear()
 
 
 @pytest.fixture

@@ -56,6 +56,7 @@ def test_a_secret_file_is_private_and_never_replaced(tmp_path: Path) -> None:
 def test_ensure_secrets_creates_what_is_not_set(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, api_token="given")
     settings.ensure_secrets()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["identity_key"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analytics_key", "identity_key"]
     assert settings.secret("api_token") == "given"
     assert settings.secret("identity_key") == (tmp_path / "identity_key").read_text()
+    assert settings.secret("analytics_key") == (tmp_path / "analytics_key").read_text()

@@ -13,8 +13,10 @@ PURE = [
     "streams/scoring.py",
     "streams/playbook.py",
     "streams/engagement.py",
+    "streams/analytics.py",
     "consumers/policy.py",
     "consumers/organising/rules.py",
+    "consumers/mart/lift.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "schemas").glob("*.py")),
 ]
 CLOCK_CALLS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter", "time_ns"}

@@ -13,6 +13,7 @@ import jsonschema_rs
 import pytest
 
 from consumers import runner as sinks
+from consumers.mart import sink as mart
 from schemas.asyncapi import asyncapi_document, retention_text, topic_rows
 from schemas.catalogue import (
     DAY_MS,
@@ -26,6 +27,7 @@ from schemas.catalogue import (
 from schemas.components import COMPONENTS, consumers_of, producers_of
 from schemas.events import INGEST_TO_TOPIC
 from schemas.examples import example_message
+from streams import analytics_worker as analytics
 from streams import worker as stream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,6 +216,10 @@ def test_the_workers_read_what_the_catalogue_says() -> None:
     assert BY_NAME["stream"].group == stream.GROUP
     assert set(BY_NAME["sinks"].consumes) == set(sinks.TOPICS)
     assert BY_NAME["sinks"].group == sinks.GROUP
+    assert BY_NAME["analytics"].consumes == analytics.SUBSCRIBED
+    assert BY_NAME["analytics"].group == analytics.GROUP
+    assert BY_NAME["mart"].consumes == mart.TOPICS
+    assert BY_NAME["mart"].group == mart.GROUP
 
 
 def test_the_ingest_api_writes_every_type_it_accepts() -> None:
@@ -242,7 +248,7 @@ def test_the_page_rows_say_what_the_catalogue_says() -> None:
     assert erased.retention == "forever"
     assert rows["nudge.requested"].retention == "30 days"
     assert [c.name for c in erased.producers] == ["erasure"]
-    assert [c.name for c in erased.consumers] == ["stream"]
+    assert [c.name for c in erased.consumers] == ["stream", "analytics"]
     assert erased.example_key == example_message(topic_spec("supporter.erased"))["supporter_id"]
     fields = {f.name: f for f in rows["task.outcome"].fields}
     assert fields["outcome"].required
