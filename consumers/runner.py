@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -39,7 +38,7 @@ from infra.kafka import (
     output_producer,
 )
 from infra.logging import input_error, record_context
-from infra.metrics import OBSERVE_EVERY_S, GroupLagWatch, Liveness, PartitionGauges
+from infra.metrics import ConsumerLag, GroupLagWatch, Liveness, PartitionGauges
 from infra.topic_reader import group_lags
 from schemas.events import EngagementScored, Event, NudgeRequested, TaskCreated
 
@@ -126,8 +125,7 @@ class ConsumerWorker:
         self.group_id = group_id
         self.consumer_settings = consumer_settings
         self.liveness = Liveness("consume", health_stale_s)
-        self._observed_at = 0.0  # monotonic
-        self._lag = PartitionGauges(metrics.LAG)
+        self._lag = ConsumerLag(PartitionGauges(metrics.LAG), self.liveness)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.consumer = group_consumer(
@@ -149,7 +147,7 @@ class ConsumerWorker:
                     with metrics.BATCH_SECONDS.time():
                         await self._store(batches)
                     self.liveness.batch()
-                await self._observe()
+                await self._lag.observe(self.consumer)
         finally:
             stop.set()
             watch.stop()
@@ -161,25 +159,6 @@ class ConsumerWorker:
                 finally:
                     await self.consumer.stop()
                     await self.producer.stop()
-
-    async def _observe(self) -> None:
-        """Lag per assigned partition (the high watermark of the consumer's last fetch less
-        its position), as metrics and for the health check."""
-        if time.monotonic() < self._observed_at + OBSERVE_EVERY_S:
-            return
-        self._observed_at = time.monotonic()
-        lags: dict[tuple[str, int], int] = {}
-        assignment = self.consumer.assignment()
-        for tp in assignment:
-            high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            try:
-                lags[(tp.topic, tp.partition)] = max(high - await self.consumer.position(tp), 0)
-            except IllegalStateError:  # revoked meanwhile
-                continue
-        self._lag.update(lags)
-        self.liveness.polled(len(assignment), sum(lags.values()))
 
     def _group_lag(self) -> tuple[int, int]:
         """The group's lag and committed offsets (read while this member has no partitions)."""

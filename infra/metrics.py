@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
+from aiokafka.errors import IllegalStateError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 log = structlog.get_logger(__name__)
@@ -216,6 +217,35 @@ class PartitionGauges:
         for gone in children.keys() - values.keys():
             del children[gone]
             self.gauge.remove(gone[0], str(gone[1]))
+
+
+class ConsumerLag:
+    """A group member's lag per assigned partition (the high watermark of the consumer's last
+    fetch less its position), as ``gauges`` and for ``liveness``, looked at most every
+    ``OBSERVE_EVERY_S`` (not ListOffsets, which Tansu answers wrongly)."""
+
+    def __init__(self, gauges: PartitionGauges, liveness: Liveness) -> None:
+        self.gauges = gauges
+        self.liveness = liveness
+        self._observed_at = 0.0  # monotonic
+
+    async def observe(self, consumer: Any) -> None:
+        """Look at ``consumer`` (an aiokafka consumer) if it is time to."""
+        if time.monotonic() < self._observed_at + OBSERVE_EVERY_S:
+            return
+        self._observed_at = time.monotonic()
+        lags: dict[tuple[str, int], int] = {}
+        assignment = consumer.assignment()
+        for tp in assignment:
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                lags[(tp.topic, tp.partition)] = max(high - await consumer.position(tp), 0)
+            except IllegalStateError:  # revoked meanwhile
+                continue
+        self.gauges.update(lags)
+        self.liveness.polled(len(assignment), sum(lags.values()))
 
 
 def exposition() -> tuple[bytes, str]:

@@ -199,17 +199,12 @@ def _attended(
     area: str | None,
     labels: dict[str, str],
 ) -> AttendedIn | str:
-    first_name, last_name = split_name(row)
     fields: dict[str, Any] = {
         "event_time": event_time,
         "meeting_id": meeting_id,
         "meeting_title": meeting_title,
         "area": area,
-        "email": row.get("email") or None,
-        "phone": row.get("phone") or None,
-        "postcode": row.get("postcode") or None,
-        "first_name": first_name,
-        "last_name": last_name,
+        **contact_fields(row),
     }
     try:
         model = AttendedIn.model_validate(fields)
@@ -220,7 +215,19 @@ def _attended(
     return model.model_copy(update={"event_id": event_id})
 
 
-def split_name(row: dict[str, str]) -> tuple[str | None, str | None]:
+def contact_fields(row: dict[str, str]) -> dict[str, str | None]:
+    """Who a sheet's row names: email, phone, postcode and the names (None where blank)."""
+    first_name, last_name = _split_name(row)
+    return {
+        "email": row.get("email") or None,
+        "phone": row.get("phone") or None,
+        "postcode": row.get("postcode") or None,
+        "first_name": first_name,
+        "last_name": last_name,
+    }
+
+
+def _split_name(row: dict[str, str]) -> tuple[str | None, str | None]:
     """First and last name: "Ann Smith", "Mary Ann de Souza" (first word first), "Smith, Ann"."""
     if row.get("first_name") or row.get("last_name"):
         return row.get("first_name") or None, row.get("last_name") or None

@@ -28,10 +28,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from producers.csv_import import (
     RejectedRow,
+    contact_fields,
     read_sheet,
     read_text,
     rejection_reason,
-    split_name,
 )
 from producers.ledger import IdentityConflict, record_for_people
 from schemas.events import ContactFields, Normalising, TrainingCompleted
@@ -228,15 +228,7 @@ def _person(
     except ValueError as exc:
         column, _, reason = str(exc).partition(": ")
         return f"{labels.get(column, column)}: {reason}"
-    first_name, last_name = split_name(row)
-    fields: dict[str, Any] = {
-        "event_time": when,
-        "email": row.get("email") or None,
-        "phone": row.get("phone") or None,
-        "postcode": row.get("postcode") or None,
-        "first_name": first_name,
-        "last_name": last_name,
-    }
+    fields: dict[str, Any] = {"event_time": when, **contact_fields(row)}
     try:
         person = SignedIn.model_validate(fields)
     except ValidationError as exc:

@@ -102,11 +102,11 @@ def analytics_record(
         "event_id": event.event_id,
         "event_time": event.event_time,
         "key_id": key.key_id,
+        "person": pseudonym(key, event.key()),  # the supporter id: every mirrored topic's key
     }
     if isinstance(event, EngagementScored):
         return AnalyticsScore(
             **common,
-            person=pseudonym(key, event.supporter_id),
             score=event.score,
             rung=event.rung,
             previous_rung=event.previous_rung,
@@ -115,7 +115,6 @@ def analytics_record(
     if isinstance(event, NudgeRequested):
         return AnalyticsNudge(
             **common,
-            person=pseudonym(key, event.supporter_id),
             nudge_id=pseudonymised_id(key, event.nudge_id),
             rule=event.rule,
             channel=event.channel,
@@ -126,7 +125,6 @@ def analytics_record(
     if isinstance(event, MessageStatus):
         return AnalyticsMessage(
             **common,
-            person=pseudonym(key, event.supporter_id),
             nudge_id=pseudonymised_id(key, event.nudge_id),
             channel=event.channel,
             rule=event.rule,
@@ -136,7 +134,6 @@ def analytics_record(
     if isinstance(event, TaskCreated):
         return AnalyticsTask(
             **common,
-            person=pseudonym(key, event.supporter_id),
             task_id=pseudonymised_id(key, event.task_id),
             kind=event.kind,
             rule=event.rule,
@@ -147,11 +144,11 @@ def analytics_record(
             cause_event_id=event.cause_event_id,
         )
     if isinstance(event, SupporterErased):
-        return AnalyticsErased(**common, person=pseudonym(key, event.supporter_id))
+        return AnalyticsErased(**common)
     facts = _action_facts(event, key)
     if facts is None:
         return None
-    return AnalyticsAction(**common, person=pseudonym(key, event.key()), **facts)
+    return AnalyticsAction(**common, **facts)
 
 
 def _action_facts(event: Event, key: AnalyticsKey) -> dict[str, object] | None:

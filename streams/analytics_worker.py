@@ -18,7 +18,6 @@ updated here; ``AnalyticsWorker.liveness`` backs the process's /healthz.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import structlog
@@ -36,7 +35,7 @@ from infra.kafka import (
     output_producer,
 )
 from infra.logging import input_error, record_context
-from infra.metrics import OBSERVE_EVERY_S, GroupLagWatch, Liveness, PartitionGauges
+from infra.metrics import ConsumerLag, GroupLagWatch, Liveness, PartitionGauges
 from infra.topic_reader import group_lags, read_to_end
 from schemas.catalogue import INPUT_TOPICS
 from schemas.events import (
@@ -96,8 +95,7 @@ class AnalyticsWorker:
         self.erased: set[str] = set()
         self.published = 0
         self.liveness = Liveness("analytics", health_stale_s)
-        self._observed_at = 0.0  # monotonic
-        self._lag = PartitionGauges(LAG)
+        self._lag = ConsumerLag(PartitionGauges(LAG), self.liveness)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.erased = await asyncio.to_thread(erased_ids, self.bootstrap)
@@ -115,7 +113,7 @@ class AnalyticsWorker:
                     with BATCH_SECONDS.time():
                         await self._mirror(batches)
                     self.liveness.batch()
-                await self._observe()
+                await self._lag.observe(self.consumer)
         finally:
             watch.stop()
             await self.consumer.stop()
@@ -162,25 +160,6 @@ class AnalyticsWorker:
             published=len(outputs) - letters,
             dead_letters=letters,
         )
-
-    async def _observe(self) -> None:
-        """Lag per assigned partition (the high watermark of the consumer's last fetch less
-        its position), as metrics and for the health check."""
-        if time.monotonic() < self._observed_at + OBSERVE_EVERY_S:
-            return
-        self._observed_at = time.monotonic()
-        lags: dict[tuple[str, int], int] = {}
-        assignment = self.consumer.assignment()
-        for tp in assignment:
-            high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            try:
-                lags[(tp.topic, tp.partition)] = max(high - await self.consumer.position(tp), 0)
-            except IllegalStateError:  # revoked meanwhile
-                continue
-        self._lag.update(lags)
-        self.liveness.polled(len(assignment), sum(lags.values()))
 
     def _group_lag(self) -> tuple[int, int]:
         lag = group_lags(self.bootstrap, {self.group_id: SUBSCRIBED})[self.group_id]

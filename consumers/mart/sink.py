@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,7 +31,7 @@ from infra.kafka import (
     output_producer,
 )
 from infra.logging import input_error, record_context
-from infra.metrics import OBSERVE_EVERY_S, GroupLagWatch, Liveness, PartitionGauges
+from infra.metrics import ConsumerLag, GroupLagWatch, Liveness, PartitionGauges
 from infra.topic_reader import group_lags, read_to_end
 from schemas.events import ANALYTICS_EVENT_TYPES, AnalyticsRecord
 
@@ -115,8 +115,7 @@ class MartWorker:
         self.group_id = group_id
         self.consumer_settings = consumer_settings
         self.liveness = Liveness("mart", health_stale_s)
-        self._observed_at = 0.0
-        self._lag = PartitionGauges(LAG)
+        self._lag = ConsumerLag(PartitionGauges(LAG), self.liveness)
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = group_consumer(
@@ -133,7 +132,7 @@ class MartWorker:
                     with BATCH_SECONDS.time():
                         await self._store(consumer, producer, batches)
                     self.liveness.batch()
-                await self._observe(consumer)
+                await self._lag.observe(consumer)
         finally:
             watch.stop()
             await consumer.stop()
@@ -173,23 +172,6 @@ class MartWorker:
     def _write(self, batch: MartBatch) -> dict[str, int]:
         with self.sessions.begin() as session:
             return store_batch(session, batch)
-
-    async def _observe(self, consumer: Any) -> None:
-        if time.monotonic() < self._observed_at + OBSERVE_EVERY_S:
-            return
-        self._observed_at = time.monotonic()
-        lags: dict[tuple[str, int], int] = {}
-        assignment = consumer.assignment()
-        for tp in assignment:
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
-            try:
-                lags[(tp.topic, tp.partition)] = max(high - await consumer.position(tp), 0)
-            except IllegalStateError:  # revoked meanwhile
-                continue
-        self._lag.update(lags)
-        self.liveness.polled(len(assignment), sum(lags.values()))
 
     def _group_lag(self) -> tuple[int, int]:
         lag = group_lags(self.bootstrap, {self.group_id: tuple(self.models)})[self.group_id]

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ from typing import Any, TextIO
 import faust
 
 from engage.bench.hosted import fold_record, output_topics
-from engage.bench.naive_faust import EXIT_TIMEOUT, SHUTDOWN_GRACE_S
+from engage.bench.naive_faust import EXIT_TIMEOUT, SHUTDOWN_GRACE_S, run_faust_process
 from engage.bench.raw import create_topic, partition_count
 from engage.wiring import engine_for
 from infra.kafka import CONSUMER_DEFAULTS
@@ -252,19 +251,7 @@ def run_faust_fold(
     ]
     if order_file is not None:
         command += ["--order-file", str(order_file)]
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s + SHUTDOWN_GRACE_S + 30,
-        check=False,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = "\n".join(done.stderr.splitlines()[-20:])
-        raise RuntimeError(f"faust_fold exited {done.returncode}:\n{tail}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return run_faust_process(command, timeout_s)
 
 
 if __name__ == "__main__":

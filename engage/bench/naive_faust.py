@@ -226,6 +226,12 @@ def run_naive_faust(
         command += ["--poll-interval", str(poll_interval_s)]
     if max_poll_records is not None:
         command += ["--max-poll-records", str(max_poll_records)]
+    return run_faust_process(command, timeout_s)
+
+
+def run_faust_process(command: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run a faust bench program (its own process: faust owns the event loop and signals)
+    and return the figures it printed as its last JSON line."""
     done = subprocess.run(
         command,
         capture_output=True,
@@ -236,8 +242,8 @@ def run_naive_faust(
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = "\n".join(done.stderr.splitlines()[-20:])
-        raise RuntimeError(f"naive_faust exited {done.returncode}:\n{tail}")
-    result: dict[str, float] = json.loads(lines[-1])
+        raise RuntimeError(f"{command[2]} exited {done.returncode}:\n{tail}")
+    result: dict[str, Any] = json.loads(lines[-1])
     return result
 
 
