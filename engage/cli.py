@@ -57,10 +57,10 @@ async def _until_stopped(run: Callable[[asyncio.Event], Any]) -> None:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from engage.processes import Supervisor, stop_on_signals
+    from engage.processes import StopRequest, Supervisor, stop_on_signals
 
     supervisor = Supervisor(settings)
-    stop = threading.Event()
+    stop = StopRequest()
     stop_on_signals(stop)
     try:
         supervisor.start()
@@ -71,7 +71,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         print(f"Logs: {supervisor.logs}/  Stop with Ctrl-C.", flush=True)
         supervisor.watch(stop)
     finally:
-        supervisor.stop()
+        supervisor.stop(stop.at)
     print("engage stopped.")
     return 0
 

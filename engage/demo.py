@@ -213,6 +213,9 @@ def run_demo(settings: Settings, supporters: int, seconds: float, seed: int) -> 
                 if quiet >= 8 and snap["outbox"]:
                     break
                 time.sleep(0.5)
+        # Off a terminal, rich leaves Live's last frame without its newline: end the line, or
+        # the next title is printed on the frame's bottom border.
+        console.line()
         if snap:
             _opt_outs_then_reimport(console, settings, supervisor)
             final = _count_when_drained(supervisor)

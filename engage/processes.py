@@ -54,10 +54,25 @@ def role_of(name: str) -> str:
     return name.split("-", 1)[0]
 
 
+class StopRequest(threading.Event):
+    """An event set by a signal, which remembers when (``time.monotonic()``): a stop's
+    deadlines count from the signal, not from when the supervisor's loop noticed it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: float | None = None
+
+    def request(self) -> None:
+        if self.at is None:
+            self.at = time.monotonic()
+        self.set()
+
+
 def stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT set ``stop``."""
+    """SIGTERM and SIGINT set ``stop`` (and stamp it, if it is a ``StopRequest``)."""
+    action = stop.request if isinstance(stop, StopRequest) else stop.set
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: action())
 
 
 def watch_parent() -> None:
@@ -290,14 +305,20 @@ class Supervisor:
                 process.kill()
                 process.wait()
 
-    def stop(self) -> None:
-        # Six seconds for the children to finish their batch, commit and leave their groups
-        # (a stream worker also saves its snapshots); then SIGKILL, which loses nothing (what
-        # was not committed is redone by the next generation). The broker's stop follows:
-        # the whole of `engage up` is gone within 10 s of a SIGTERM, even on a busy machine.
-        self._terminate_all([child.process for child in self.children.values()], CHILD_GRACE_S)
+    def stop(self, signalled_at: float | None = None) -> None:
+        """Stop the children, then the broker. ``signalled_at`` (``time.monotonic()``) is
+        when the stop was asked for: the children's grace counts from then, so a signal that
+        arrived during a slow ``check`` does not push the end past 10 s."""
+        # Six seconds from the signal for the children to finish their batch, commit and
+        # leave their groups (a stream worker also saves its snapshots); then SIGKILL, which
+        # loses nothing (what was not committed is redone by the next generation). The
+        # broker's stop follows: the whole of `engage up` is gone within 10 s of a SIGTERM,
+        # even on a busy machine.
+        waited = 0.0 if signalled_at is None else time.monotonic() - signalled_at
+        grace = max(1.0, CHILD_GRACE_S - waited)
+        self._terminate_all([child.process for child in self.children.values()], grace)
         if self.broker is not None:
-            self.broker.stop()
+            self.broker.stop(timeout_s=1.5)
         if self.children:  # only a supervisor that started has a run file of its own
             self.settings.run_file.unlink(missing_ok=True)
         self.engine.dispose()
