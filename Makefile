@@ -9,7 +9,7 @@ LOCK := constraints.txt
 EXTRAS := dev,embedded,bench,sim
 LOCK_TOOLS := $(VENV)/.lock-tools
 
-.PHONY: demo test lint typecheck unit clean bench soak lock
+.PHONY: demo test lint typecheck unit clean bench soak lock fold
 
 $(STAMP): pyproject.toml $(LOCK) requirements-quix.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,14 +28,22 @@ lock:
 		--strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) \
 		--output-file=$(LOCK) pyproject.toml
 
-demo: $(STAMP)
+# The fold compiled with mypyc (streams/compiled.py): used only while it matches these sources.
+FOLD := .mypyc/SOURCES
+$(FOLD): $(STAMP) streams/scoring.py streams/engagement.py streams/playbook.py \
+		schemas/actions.py schemas/events.py streams/compiled.py scripts/build_fold.py
+	$(BIN)/python scripts/build_fold.py
+
+fold: $(FOLD)
+
+demo: $(STAMP) $(FOLD)
 	$(BIN)/engage demo
 
 # Four pytest-xdist workers on the 2 cores (many tests wait on a broker or a process), each with
 # its own embedded broker. --maxschedchunk 2: xdist would otherwise hand each worker a quarter
 # of its share of consecutive tests to start with, and every end-to-end test (collected first)
 # would run on the first worker, one after another.
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck $(FOLD)
 	$(BIN)/python -m pytest -q -n 4 --maxschedchunk 2
 
 lint: $(STAMP)
@@ -49,11 +57,11 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-bench: $(STAMP)
+bench: $(STAMP) $(FOLD)
 	$(BIN)/engage bench --json
 
 soak: $(STAMP)
 	$(BIN)/python scripts/soak.py
 
 clean:
-	rm -rf $(VENV) .engage .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .engage .mypy_cache .ruff_cache .pytest_cache .mypyc

@@ -114,10 +114,15 @@ def cmd_relay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
+    import structlog
+
+    import streams
     from engage.metrics import serving
     from streams.snapshots import SnapshotStore
     from streams.worker import StreamWorker
 
+    # The mypyc build of the fold, or the source if there is none or it is stale.
+    structlog.get_logger("engage.stream").info("stream.fold", compiled=streams.COMPILED_FOLD)
     worker = StreamWorker(
         _bootstrap(settings),
         wiring.engine(settings),

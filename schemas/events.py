@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -81,6 +82,14 @@ def built(model: type[E], **values: object) -> E:
     object.__setattr__(instance, "__pydantic_extra__", None)
     object.__setattr__(instance, "__pydantic_private__", None)
     return instance
+
+
+def encoded(event: Event) -> bytes:
+    """``event.model_dump_json()``, as bytes, at a third of the cost: the stream pays it per
+    output. The same bytes for every event the fold outputs, whose fields are all of types
+    orjson writes as pydantic does (strings, numbers, UUIDs, UTC datetimes, flat dicts):
+    tests/unit/test_encoded.py holds them to it."""
+    return orjson.dumps(event.__dict__, option=orjson.OPT_UTC_Z)
 
 
 @functools.cache

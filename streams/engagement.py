@@ -16,7 +16,7 @@ import sys
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -314,9 +314,10 @@ class Engine:
         if state.rung != previous:
             candidates = candidates + self._rung_rules(previous, state.rung)
         late = arrived - (at + EPOCH) if arrived is not None else 0.0
+        explain = trace is not None or decisions is not None
         for index in candidates:
             decision, output = self._decide(
-                index, state, view, sid, at, event, late=late, emit=emit
+                index, state, view, sid, at, event, late=late, emit=emit, explain=explain
             )
             if entry is not None:
                 entry.rules.append(decision)
@@ -483,17 +484,19 @@ class Engine:
         late: float = 0.0,
         emit: bool = True,
         episode: int | None = None,
+        explain: bool = True,
     ) -> tuple[RuleDecision, Event | None]:
-        """Whether rule ``index`` fires for this supporter at ``t``; record it if so."""
+        """Whether rule ``index`` fires for this supporter at ``t``; record it if so. A
+        suppression's reason is put in words only if ``explain`` (the live fold drops it)."""
         rule = self.rules[index]
         if not self.rule_holds[index](view):
-            failing = [c for c in self.rule_checks[index] if not c.holds(view)]
-            return _suppressed(rule, "conditions: " + "; ".join(c.describe(view) for c in failing))
+            return _suppressed(rule, self._failing(index, view) if explain else "")
         action = rule.action
         if isinstance(action, SendAction) and action.send not in view.consent:
-            return _suppressed(rule, f"no consent to {action.send}")
+            return _suppressed(rule, f"no consent to {action.send}" if explain else "")
         if late > rule.stale_after_hours * 3600:
-            return _suppressed(rule, f"stale: the event arrived {late / 3600:.0f} h after it")
+            why = f"stale: the event arrived {late / 3600:.0f} h after it" if explain else ""
+            return _suppressed(rule, why)
         last = state.last_fired(index)
         if last is not None:
             if rule.cooldown_days == "once":
@@ -558,6 +561,10 @@ class Engine:
             holdout=held_out,
         )
 
+    def _failing(self, index: int, view: View) -> str:
+        failing = [c for c in self.rule_checks[index] if not c.holds(view)]
+        return "conditions: " + "; ".join(c.describe(view) for c in failing)
+
     # -- timers ------------------------------------------------------------------------
 
     def tick(
@@ -602,7 +609,15 @@ class Engine:
             then.rung = scorer.rung(then)
             for index in self.on_lapse[state.lapsed : due]:
                 _, output = self._decide(
-                    index, state, then, sid, t, None, emit=emit, episode=state.latest
+                    index,
+                    state,
+                    then,
+                    sid,
+                    t,
+                    None,
+                    emit=emit,
+                    episode=state.latest,
+                    explain=False,
                 )
                 if output is not None:
                     outputs.append(output)
@@ -620,7 +635,7 @@ class Engine:
                     )
                 for index in self._rung_rules(previous, current):
                     _, output = self._decide(index, state, view, sid, t, None, emit=emit,
-                                             episode=state.latest)  # fmt: skip
+                                             episode=state.latest, explain=False)  # fmt: skip
                     if output is not None:
                         outputs.append(output)
         return outputs
@@ -675,7 +690,7 @@ class Engine:
                     "outcome": e.outcome,
                     "score": None if e.score is None else round(e.score, 6),
                     "rung": e.rung,
-                    "rules": [vars(d) for d in e.rules],
+                    "rules": [asdict(d) for d in e.rules],
                 }
                 for e in trace.entries
             ],

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import streams
 from engage.bench.__main__ import measure_throughput
 from engage.bench.hosted import peer_figures, pipeline_peers
 from engage.bench.pipeline import latency, pipeline_processes_throughput, pipeline_throughput
@@ -37,6 +38,7 @@ def run_bench(
         figures.update(
             pipeline_processes_throughput(broker.bootstrap, figures["pipeline_events"], 2)
         )
+    figures["fold_compiled"] = streams.COMPILED_FOLD  # the mypyc build (`make fold`) or not
     figures["pipeline_vs_naive_faust"] = round(figures["pipeline"] / figures["naive_faust"], 2)
     figures["pipeline_vs_naive_faust_table"] = round(
         figures["pipeline"] / figures["naive_faust_table"], 2
