@@ -160,6 +160,10 @@ class Dispatcher:
                 self.link_key,
                 [(p.nudge.channel, p.address) for p in plans if p.address],
             )
+            # The loop reads nothing it writes: the outbox and ledger rows it adds are
+            # flushed once, at the commit, not before each nudge's update (the write lock
+            # is held meanwhile, and every ingest and sink waits for it on SQLite).
+            session.autoflush = False
             for plan in plans:
                 nudge = plan.nudge
                 if nudge.nudge_id not in claimed:

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import String, case, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from consumers.messages import OutgoingMessage
 from consumers.organising.rules import holdout_reason
@@ -284,11 +285,15 @@ def settle_nudge(
         "recipient": recipient,
     }
     values.update({k: v for k, v in optional.items() if v is not None})
+    # Synchronising the session costs more than the update itself; skipped when it holds no
+    # copy of the nudge (the dispatcher's batches, settled while holding the write lock).
+    loaded = identity_key(Nudge, nudge_id) in session.identity_map
     moved = session.execute(
         update(Nudge)
         .where(Nudge.nudge_id == nudge_id, Nudge.status.in_(set(expect)))
         .values(**values)
         .returning(Nudge.nudge_id)
+        .execution_options(synchronize_session="auto" if loaded else False)
     ).first()
     return moved is not None
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from infra.consent import consent_record
@@ -41,6 +41,15 @@ from schemas.identity import contact_identity, legacy_supporter_id, new_supporte
 
 _CONTACT_FIELDS = ("email", "phone", "first_name", "last_name", "postcode", "area", "timezone")
 _MERGE_NAMESPACE = uuid.UUID("a6de178c-0dd6-41eb-a03a-eeb57f3af7ad")
+LEDGER_CHANNEL = "engage_ledger"
+"""The PostgreSQL channel a transaction that adds ledger events NOTIFYs (delivered when it
+commits), and the relay LISTENs on (producers/relay.py); SQLite has none, the relay polls."""
+
+
+def notify_relay(session: Session) -> None:
+    """Wake the relay when the caller's transaction commits (on PostgreSQL; a no-op else)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"NOTIFY {LEDGER_CHANNEL}"))
 
 
 def merge_event_id(
@@ -175,6 +184,7 @@ class _Ledger:
         # Per (supporter, field): the event time of the value this transaction wrote, so the
         # newest event of a batch wins whatever the batch's order.
         self.written_at: dict[tuple[str, str], datetime] = {}
+        self.notified = False
 
     def load_seen(self, ids: Collection[uuid.UUID]) -> None:
         if ids:
@@ -213,6 +223,9 @@ class _Ledger:
             return False
         self.seen.add(event.event_id)
         self.session.add(ledger_row(event, self.accepted_at))
+        if not self.notified:
+            notify_relay(self.session)
+            self.notified = True
         if contacts is not None:
             self._update_contacts(event.key(), contacts)
         self._record_consent(event)

@@ -12,10 +12,12 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
 
 from infra.broker import EmbeddedBroker
 from infra.db import LedgerEvent
 from infra.kafka import ledger_producer
+from producers import relay as relay_module
 from producers.ledger import mark_all_unpublished, record_events
 from producers.relay import LedgerRelay
 from schemas.events import Event, EventRSVP, SupporterSignup
@@ -223,3 +225,88 @@ def test_the_run_loop_publishes_what_arrives_until_stopped(
         thread.join(10)
     assert not thread.is_alive()
     assert [m.value for m in read(broker.bootstrap, topic, 1, lambda m: True)] == [b"1"]
+
+
+def test_an_idle_relay_wakes_on_a_commit_without_waiting_for_its_fallback_read(
+    sessions: sessionmaker[Session],
+    broker: EmbeddedBroker,
+    producer: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL: the ingest's NOTIFY wakes the relay; SQLite: the file's data_version. The
+    row is committed once the relay has read and gone idle, and its fallback read is an hour
+    away, so only the wake-up can publish the row."""
+    idle = threading.Event()
+    waker_for = relay_module.waker_for
+
+    class Watched:
+        """The relay's waker, noting when the relay first waits on it (it is idle)."""
+
+        def __init__(self, sessions: sessionmaker[Session], idle_s: float) -> None:
+            self.waker = waker_for(sessions, idle_s)
+            self.drain, self.close = self.waker.drain, self.waker.close
+
+        def wait(self, stop: threading.Event, timeout_s: float) -> None:
+            idle.set()
+            self.waker.wait(stop, timeout_s)
+
+    monkeypatch.setattr(relay_module, "waker_for", Watched)
+    sid = f"sup_{uuid.uuid4().hex}"
+    event = SupporterSignup(event_time=T0, supporter_id=sid)
+    stop = threading.Event()
+    relay = LedgerRelay(sessions, producer, fallback_s=3600.0)
+    thread = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until("the relay to go idle", idle.is_set)
+        record(sessions, [event])  # record_events NOTIFYs on PostgreSQL
+        wait_until("the relay to publish", lambda: published(sessions) == {event.event_id: True})
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    (message,) = read(broker.bootstrap, event.topic, 1, lambda m: m.key == sid.encode())
+    assert SupporterSignup.model_validate_json(message.value).event_id == event.event_id
+
+
+def test_the_relay_opens_its_waker_again_after_losing_its_connection(
+    sessions: sessionmaker[Session],
+    broker: EmbeddedBroker,
+    producer: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The LISTEN (or data_version) connection dropped under an idle relay: a warning, then
+    the relay reads as it polls, opens another one, and publishes what was committed."""
+    wakers: list[Any] = []
+    waker_for = relay_module.waker_for
+
+    def kept(sessions: sessionmaker[Session], idle_s: float) -> Any:
+        wakers.append(waker_for(sessions, idle_s))
+        return wakers[-1]
+
+    monkeypatch.setattr(relay_module, "waker_for", kept)
+    sid = f"sup_{uuid.uuid4().hex}"
+    event = SupporterSignup(event_time=T0, supporter_id=sid)
+    stop = threading.Event()
+    relay = LedgerRelay(sessions, producer, fallback_s=3600.0)
+    thread = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+    with capture_logs() as logs:
+        thread.start()
+        try:
+            (waker,) = wait_until("the relay's waker to connect", lambda: wakers[-1:])
+            connection = wait_until(
+                "its connection", lambda: waker.inner and waker.inner.connection
+            )
+            connection.close()  # what a restarted database does to it
+            record(sessions, [event])
+            wait_until(
+                "the relay to publish", lambda: published(sessions) == {event.event_id: True}
+            )
+        finally:
+            stop.set()
+            thread.join(10)
+    assert not thread.is_alive()
+    assert [line["event"] for line in logs if line["log_level"] == "warning"] == [
+        "relay.waker_lost"
+    ]
+    assert waker.inner is None or waker.inner.connection is not connection
