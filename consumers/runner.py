@@ -38,6 +38,7 @@ from infra.kafka import (
     output_producer,
 )
 from infra.logging import input_error, record_context
+from infra.membership import member_client_id
 from infra.metrics import ConsumerLag, GroupLagWatch, Liveness, PartitionGauges
 from infra.topic_reader import group_lags
 from schemas.events import EngagementScored, Event, NudgeRequested, TaskCreated
@@ -128,8 +129,12 @@ class ConsumerWorker:
         self._lag = ConsumerLag(PartitionGauges(metrics.LAG), self.liveness)
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.consumer = group_consumer(
-            self.bootstrap, self.group_id, "engage-consumers", self.consumer_settings, *TOPICS
+        self.consumer = group_consumer(  # the pid in the client id: see infra.membership
+            self.bootstrap,
+            self.group_id,
+            member_client_id("engage-consumers"),
+            self.consumer_settings,
+            *TOPICS,
         )
         self.producer = output_producer(self.bootstrap, "engage-consumers")
         await self.producer.start()

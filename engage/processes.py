@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import structlog
+from aiokafka.errors import KafkaError
 from sqlalchemy.exc import OperationalError
 
 from engage.metrics import child_metrics_ports, metrics_url
@@ -29,6 +30,7 @@ from infra.broker import (
     free_port,
 )
 from infra.db import make_engine, migrate, session_factory
+from infra.membership import member_client_id, remove_members
 from infra.settings import Settings
 from infra.topics import ensure_topics
 from producers.ledger import mark_all_unpublished
@@ -40,6 +42,8 @@ RETENTION_RETRY_S = 600.0
 CHILD_GRACE_S = 6.0
 """Seconds a child has to stop after SIGTERM before the supervisor kills it."""
 KAFKA_ROLES = ("relay", "stream", "consume", "analytics", "mart")
+MEMBER_CLIENTS = {"stream": "engage-stream", "consume": "engage-consumers"}
+"""Roles whose group member a dead child leaves behind, and its client id's stem."""
 ROLES = ("api", *KAFKA_ROLES)
 
 
@@ -282,10 +286,30 @@ class Supervisor:
             if time.monotonic() - child.started < backoff:
                 continue
             log.warning("process.restart", role=role, exit_code=code, restarts=child.restarts + 1)
+            if code != 0:
+                self._remove_member(role, child.process.pid)
             self._spawn(role, child.restarts + 1)
             restarted = True
         if restarted:
             self._write_run_file()
+
+    def _remove_member(self, role: str, pid: int) -> None:
+        """Take the group member of a child that died without leaving (SIGKILL, a crash) out
+        of its group at once: else the group waits out its 10 s session before the restarted
+        child is given partitions (docs/stream-stage.md, "Restore from snapshots")."""
+        from consumers.runner import GROUP as CONSUMERS_GROUP
+        from streams.worker import GROUP as STREAM_GROUP
+
+        stem = MEMBER_CLIENTS.get(role_of(role))
+        if stem is None:
+            return
+        group = STREAM_GROUP if role_of(role) == "stream" else CONSUMERS_GROUP
+        try:
+            removed = remove_members(self.bootstrap, group, member_client_id(stem, pid))
+        except (KafkaError, TimeoutError, OSError):
+            log.warning("group.remove_failed", role=role, group=group, exc_info=True)
+            return
+        log.info("group.member_removed", role=role, group=group, members=len(removed))
 
     def watch(self, stop: threading.Event) -> None:
         while not stop.wait(0.5):
