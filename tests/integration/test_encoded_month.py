@@ -1,5 +1,5 @@
 """Every output of the fold over a simulated month of live traffic, and what time alone causes
-after it, encoded with orjson (schemas.events.encoded), is byte for byte what pydantic writes
+after it, encoded by schemas.events.encoded, is byte for byte what pydantic writes
 (in this tier: the month comes from the bench's traffic, whose module starts a broker)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The stream's outputs, encoded with orjson (schemas.events.encoded), are byte for byte what
+"""The stream's outputs, encoded by schemas.events.encoded, are byte for byte what
 pydantic writes for them, whatever values their fields allow (a simulated month of the fold's
 outputs: tests/integration/test_encoded_month.py)."""
 
