@@ -25,9 +25,10 @@ def test_no_process_outlives_a_killed_supervisor(pipeline: Pipeline) -> None:
     def left() -> list[str]:
         return [role for role, pid in pids.items() if running(pid)]
 
-    # Each child sees its parent gone within 1 s and SIGTERMs itself, exiting outright 8 s
+    # Each child sees its parent gone within 1 s and SIGTERMs itself, exiting outright 4 s
     # later at most (watch_parent); the broker dies with the supervisor (PR_SET_PDEATHSIG).
-    wait_until("every child of the killed supervisor to exit", lambda: not left(), 12, 0.1, left)
+    # None may outlive it for 10 s beside a new generation (issue 14).
+    wait_until("every child of the killed supervisor to exit", lambda: not left(), 10, 0.1, left)
     print(f"all {len(pids)} processes gone {time.monotonic() - killed:.1f} s after the SIGKILL")
 
 
