@@ -37,6 +37,7 @@ from consumers.policy import ChannelPolicy, SendDecision, cap_window_start, deci
 from consumers.ratelimit import RateLimit
 from consumers.rendering import TemplateBook
 from consumers.repository import (
+    Settled,
     claim_nudges,
     consented,
     contacts,
@@ -46,8 +47,10 @@ from consumers.repository import (
     nudges_to_reconcile,
     recent_sends,
     renew_claim,
+    settle_claimed,
     settle_nudge,
     status_row,
+    survivors_of,
     write_outbox,
 )
 from infra.consent import consent_record, contact_key, suppress, suppressed
@@ -147,6 +150,7 @@ class Dispatcher:
             return []
         statuses: dict[str, str] = {}
         to_send: list[tuple[_Plan, Sender]] = []
+        settled: list[tuple[_Plan, Settled]] = []
         outboxed = 0
         with self.sessions.begin() as session:
             lock_supporters(session, sorted({p.nudge.supporter_id for p in plans}))
@@ -193,17 +197,28 @@ class Dispatcher:
                     write_outbox(session, plan.message, now)
                     outboxed += 1
                     plan.status = "sent"
-                statuses[nudge.nudge_id] = self._settle(
+                settled.append((plan, self._settled(plan, now)))
+            # One statement settles them all and the status events go in one insert at the
+            # commit: no round trip per nudge while the write lock is held.
+            settle_claimed(session, [outcome for _, outcome in settled])
+            survivors = survivors_of(session, sorted({p.nudge.supporter_id for p, _ in settled}))
+            session.add_all(
+                status_row(
                     session,
-                    nudge,
-                    plan.status,
+                    plan.nudge,
+                    cast(MessageState, outcome.status),
                     now,
-                    reason_code=plan.reason_code,
-                    reason=plan.reason,
-                    not_before=plan.nudge.not_before if plan.status == "held" else None,
+                    outcome.reason_code,
+                    plan.reason,
+                    survivor=survivors[plan.nudge.supporter_id],
                 )
+                for plan, outcome in settled
+            )
         if outboxed:  # committed: the local outbox is the sender of a channel with no provider
             SENDER_CALLS.labels("outbox", "sent").inc(outboxed)
+        for plan, outcome in settled:
+            statuses[plan.nudge.nudge_id] = outcome.status
+            self._log_settled(plan.nudge, outcome.status, outcome.reason_code, plan.reason)
         for plan, sender in to_send:
             statuses[plan.nudge.nudge_id] = self._send(plan, sender, now)
         return [statuses[p.nudge.nudge_id] for p in plans if p.nudge.nudge_id in statuses]
@@ -449,6 +464,35 @@ class Dispatcher:
             )
         return _Plan(nudge, message, address, zone)
 
+    @staticmethod
+    def _settled(plan: _Plan, now: datetime) -> Settled:
+        """What ``_settle`` would write for a claimed nudge settled without a provider call."""
+        nudge = plan.nudge
+        return Settled(
+            nudge.nudge_id,
+            plan.status,
+            plan.reason_code,
+            plan.reason,
+            not_before=nudge.not_before if plan.status == "held" else None,
+            sent_at=now if plan.status == "sent" else None,
+            opt_out_code=nudge.opt_out_code,
+            recipient=nudge.recipient,
+        )
+
+    @staticmethod
+    def _log_settled(
+        nudge: Nudge, status: str, reason_code: str | None, reason: str | None
+    ) -> None:
+        log.info(
+            "nudge.dispatched",
+            nudge_id=nudge.nudge_id,
+            rule=nudge.rule,
+            channel=nudge.channel,
+            status=status,
+            reason_code=reason_code,
+            reason=reason,
+        )
+
     def _settle(
         self,
         session: Session,
@@ -496,13 +540,5 @@ class Dispatcher:
                     error_code,
                 )
             )
-        log.info(
-            "nudge.dispatched",
-            nudge_id=nudge.nudge_id,
-            rule=nudge.rule,
-            channel=nudge.channel,
-            status=status,
-            reason_code=reason_code,
-            reason=reason,
-        )
+        self._log_settled(nudge, status, reason_code, reason)
         return status

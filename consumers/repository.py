@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import String, case, or_, select, update
+from sqlalchemy import CursorResult, String, Table, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -22,6 +23,7 @@ from infra.db import (
     Nudge,
     OutboxMessage,
     Supporter,
+    SupporterAlias,
     SupporterScore,
     dialect_insert,
     insert_ignoring_duplicates,
@@ -298,6 +300,84 @@ def settle_nudge(
     return moved is not None
 
 
+_NUDGES = cast(Table, Nudge.__table__)
+_SETTLED = _NUDGES.c
+_SETTLE_CLAIMED = (
+    update(_NUDGES)
+    .where(_SETTLED.nudge_id == bindparam("b_nudge_id"), _SETTLED.status == "sending")
+    .values(
+        status=bindparam("b_status"),
+        reason_code=bindparam("b_reason_code"),
+        reason=bindparam("b_reason"),
+        not_before=bindparam("b_not_before"),
+        sent_at=func.coalesce(
+            bindparam("b_sent_at", type_=_SETTLED.sent_at.type), _SETTLED.sent_at
+        ),
+        opt_out_code=func.coalesce(bindparam("b_opt_out_code"), _SETTLED.opt_out_code),
+        recipient=func.coalesce(bindparam("b_recipient"), _SETTLED.recipient),
+    )
+)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A claimed nudge's outcome, for ``settle_claimed``; None leaves ``sent_at``,
+    ``opt_out_code`` and ``recipient`` as they were (as ``settle_nudge`` does)."""
+
+    nudge_id: str
+    status: str
+    reason_code: str | None = None
+    reason: str | None = None
+    not_before: datetime | None = None
+    sent_at: datetime | None = None
+    opt_out_code: str | None = None
+    recipient: str | None = None
+
+
+def settle_claimed(session: Session, settled: Sequence[Settled]) -> None:
+    """Settle nudges this transaction claimed (``claim_nudges``), all in one statement run
+    for many rows: ``settle_nudge``'s writes without a round trip per nudge. Every one is
+    still 'sending', as its claim holds the write lock (SQLite) or the row's lock (PostgreSQL)
+    until the commit; a row that was not is an error, and nothing of the batch is kept."""
+    if not settled:
+        return
+    result = session.execute(
+        _SETTLE_CLAIMED,
+        [
+            {
+                "b_nudge_id": s.nudge_id,
+                "b_status": s.status,
+                "b_reason_code": s.reason_code,
+                "b_reason": s.reason[:500] if s.reason else None,
+                "b_not_before": s.not_before,
+                "b_sent_at": s.sent_at,
+                "b_opt_out_code": s.opt_out_code,
+                "b_recipient": s.recipient,
+            }
+            for s in settled
+        ],
+    )
+    moved = cast(CursorResult[Any], result).rowcount
+    if moved != len(settled):
+        raise RuntimeError(f"{len(settled) - moved} claimed nudges were no longer 'sending'")
+
+
+def survivors_of(session: Session, supporter_ids: Sequence[str]) -> dict[str, str]:
+    """The id each supporter id stands for now (``infra.db.survivor_of``, for many at once)."""
+    found = {sid: sid for sid in supporter_ids}
+    wanted = sorted(found)
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        found.update(
+            session.execute(
+                select(SupporterAlias.absorbed_id, SupporterAlias.survivor_id).where(
+                    SupporterAlias.absorbed_id.in_(chunk)
+                )
+            ).all()
+        )
+    return found
+
+
 _EXPIRED = {
     False: (
         "pending",
@@ -506,16 +586,17 @@ def message_status(
     provider: str | None = None,
     provider_message_id: str | None = None,
     error_code: str | None = None,
+    survivor: str | None = None,
 ) -> MessageStatus:
     """The one builder of a nudge's ``message.status`` event, for the sender and the webhooks
     alike: its id derived from the nudge and ``cause`` (what reported it: the same report
     applied twice gets the same id, so the ledger keeps it once), its supporter the one the
-    nudge's supporter stands for now (after merges)."""
+    nudge's supporter stands for now (after merges; ``survivor`` when the caller read it)."""
     return MessageStatus(
         event_id=uuid.uuid5(_STATUS_NAMESPACE, f"{nudge.nudge_id}:{cause}"),
         event_time=at,
         nudge_id=nudge.nudge_id,
-        supporter_id=survivor_of(session, nudge.supporter_id),
+        supporter_id=survivor or survivor_of(session, nudge.supporter_id),
         channel="sms" if nudge.channel == "sms" else "email",
         rule=nudge.rule,
         status=state,
@@ -537,6 +618,7 @@ def status_row(
     provider: str | None = None,
     provider_message_id: str | None = None,
     error_code: str | None = None,
+    survivor: str | None = None,
 ) -> LedgerEvent:
     """The ledger row of a decision the sender took about a nudge, for the caller's
     transaction: caused by that decision (status, reason, attempt, moment)."""
@@ -552,6 +634,7 @@ def status_row(
         provider=provider,
         provider_message_id=provider_message_id,
         error_code=error_code,
+        survivor=survivor,
     )
     return ledger_row(event, now)
 

@@ -33,6 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from infra.sqlite_lock import lock_writes_early
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
@@ -381,7 +383,8 @@ class SupporterScore(Base):
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine with SQLite set up for several processes (WAL, a busy timeout).
+    """An engine with SQLite set up for several processes (WAL, a busy timeout, the write lock
+    taken by infra.sqlite_lock).
 
     ``hide_parameters``: SQL errors end up in logs, and their parameters are personal data.
     """
@@ -399,6 +402,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
+        lock_writes_early(engine)  # short, even waits for the write lock, not the busy handler's
         return engine
     return create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
 

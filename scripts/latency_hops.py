@@ -99,14 +99,20 @@ class Tail:
         self.consumer.close()
 
 
-BATCH_TIME = re.compile(r"^(engage_\w+_batch_seconds)_(sum|count) ([0-9.e+-]+)$", re.M)
+BATCH_TIME = re.compile(
+    r"^(engage_\w+_batch_seconds|engage_sqlite_lock_\w+_seconds)_(sum|count) ([0-9.e+-]+)$", re.M
+)
 
 
 def batch_times(supervisor: Supervisor) -> dict[str, str]:
-    """Each child's mean batch time and batch count, from its ``*_batch_seconds`` histogram."""
+    """Each child's mean batch time and batch count, from its ``*_batch_seconds`` histogram,
+    and on SQLite its write transactions' waits for the lock and hold times (infra.sqlite_lock:
+    the mean, the count and the total, whose sum over the children is the lock's occupancy)."""
     found: dict[str, str] = {}
+    urls = {"api": supervisor.api_url}  # the API serves its /metrics on its own port
     for name, port in supervisor.metrics_ports.items():
-        url = metrics_url(supervisor.settings.metrics_host, port)
+        urls[name] = metrics_url(supervisor.settings.metrics_host, port)
+    for name, url in urls.items():
         try:
             text = httpx.get(f"{url}/metrics", timeout=5).text
         except httpx.HTTPError:
@@ -117,7 +123,11 @@ def batch_times(supervisor: Supervisor) -> dict[str, str]:
         for metric, f in figures.items():
             if f.get("count"):
                 mean = f["sum"] / f["count"] * 1000
-                found[f"{name} {metric}"] = f"mean={mean:.1f} ms batches={f['count']:.0f}"
+                found[f"{name} {metric}"] = (
+                    f"mean={mean:.1f} ms batches={f['count']:.0f}"
+                    if metric.endswith("_batch_seconds")
+                    else f"mean={mean:.1f} ms n={f['count']:.0f} total={f['sum']:.1f} s"
+                )
     return found
 
 

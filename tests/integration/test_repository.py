@@ -12,12 +12,14 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from consumers.repository import (
+    Settled,
     claim_nudge,
     claim_nudges,
     has_consent,
     list_tasks,
     pending_nudge_ids,
     pending_nudges,
+    settle_claimed,
     store_nudges,
     store_tasks,
 )
@@ -356,3 +358,40 @@ def test_has_consent_breaks_a_time_tie_by_the_later_record(
         _consent(session, False, T0)
     with sessions() as session:
         assert has_consent(session, SID, "email") is False
+
+
+def test_settle_claimed_settles_a_claimed_batch_in_one_statement(
+    sessions: sessionmaker[Session],
+) -> None:
+    other = "sup_" + "e" * 32
+    with sessions.begin() as session:
+        store_nudges(session, [nudge(), nudge(supporter=other)])
+    sent_at = T0 + timedelta(minutes=1)
+    with sessions.begin() as session:
+        ids = claim_nudges(session, [f"welcome:{SID}", f"welcome:{other}"])
+        settle_claimed(
+            session,
+            [
+                Settled(f"welcome:{SID}", "sent", sent_at=sent_at, recipient="r1"),
+                Settled(f"welcome:{other}", "skipped", "no_consent", "x" * 600),
+            ],
+        )
+    assert len(ids) == 2
+    with sessions() as session:
+        sent = session.get(Nudge, f"welcome:{SID}")
+        skipped = session.get(Nudge, f"welcome:{other}")
+        assert sent is not None and skipped is not None
+        assert (sent.status, sent.sent_at, sent.recipient) == ("sent", sent_at, "r1")
+        assert (skipped.status, skipped.reason_code) == ("skipped", "no_consent")
+        assert skipped.reason == "x" * 500 and skipped.sent_at is None
+
+
+def test_settle_claimed_refuses_a_batch_with_a_nudge_not_claimed(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        store_nudges(session, [nudge()])
+    with pytest.raises(RuntimeError, match="no longer 'sending'"), sessions.begin() as session:
+        settle_claimed(session, [Settled(f"welcome:{SID}", "sent")])
+    with sessions() as session:
+        assert pending_nudge_ids(session, 10) == [f"welcome:{SID}"]
