@@ -124,8 +124,7 @@ class LedgerRelay:
     def _mark(self, count: int) -> None:
         """Mark the first ``count`` unmarked rows published, and forget them."""
         if count:
-            with self.sessions.begin() as session:
-                mark_published(session, self._unmarked[:count])
+            self._write_mark(self._unmarked[:count])
             del self._unmarked[:count]
 
     def _finish_marking(self, wait: bool = True) -> None:
